@@ -1,0 +1,1 @@
+"""vxlan-policy-agent: container store reader, planner, iptables dataplane, HTTP endpoints."""

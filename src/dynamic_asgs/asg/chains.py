@@ -1,0 +1,176 @@
+"""Chain names and the argv of every iptables rule kind a container's chains hold.
+
+Names and argv tokens match silk-cni and the Go vxlan-policy-agent exactly
+(DESIGN.md §3.5), so that tables written by either look the same to operators
+and to tools that grep them. iptables limits chain names to 28 characters.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+
+from dynamic_asgs.asg.model import ANY, IPRange, PortRange
+
+__all__ = [
+    "MAX_CHAIN_NAME",
+    "Argv",
+    "accept",
+    "asg_chain_name",
+    "conn_limit",
+    "deny_log",
+    "deny_network",
+    "invalid_drop",
+    "is_owned_chain",
+    "jump",
+    "log_chain_name",
+    "log_chain_rules",
+    "netout_chain_name",
+    "rate_limit_log_chain_name",
+    "rate_limit_log_chain_rules",
+    "reject",
+    "related_established",
+]
+
+Argv = tuple[str, ...]
+MAX_CHAIN_NAME = 28
+_LOG_PREFIX_MAX = 28
+
+
+def netout_chain_name(handle: str) -> str:
+    """The container's parent chain, created by the CNI: ``netout--<handle>`` cut to 28."""
+    return f"netout--{handle}"[:MAX_CHAIN_NAME]
+
+
+def _postfix(body: str, suffix: str) -> str:
+    return f"{body[: MAX_CHAIN_NAME - len(suffix) - 2]}--{suffix}"
+
+
+def log_chain_name(handle: str) -> str:
+    """The container's ASG log chain: ``netout--<handle cut to 23>--log``."""
+    return _postfix(netout_chain_name(handle), "log")
+
+
+def rate_limit_log_chain_name(handle: str) -> str:
+    """The container's outbound-connection-limit log chain (``...--rl-log``)."""
+    return _postfix(netout_chain_name(handle), "rl-log")
+
+
+def asg_chain_name(handle: str) -> str:
+    """``asg-`` + the handle without a leading ``check-`` and without dashes, cut to 20."""
+    return "asg-" + handle.removeprefix("check-").replace("-", "")[:20]
+
+
+def is_owned_chain(name: str) -> bool:
+    """Whether a chain is an ASG chain (ours or a Go agent's candidate ``casg-``)."""
+    return name.startswith(("asg-", "casg-"))
+
+
+def _reject_with(version: int) -> str:
+    return "icmp-port-unreachable" if version == 4 else "icmp6-port-unreachable"
+
+
+def _log_prefix(text: str) -> str:
+    # silk's trimAndPad: at most 28 characters and a trailing space, so the kernel
+    # log line separates the prefix from the packet fields.
+    return text[:_LOG_PREFIX_MAX] + " "
+
+
+def related_established() -> Argv:
+    return ("-m", "state", "--state", "RELATED,ESTABLISHED", "--jump", "ACCEPT")
+
+
+def invalid_drop() -> Argv:
+    return ("-p", "tcp", "-m", "state", "--state", "INVALID", "--jump", "DROP")
+
+
+def reject(version: int) -> Argv:
+    return ("--jump", "REJECT", "--reject-with", _reject_with(version))
+
+
+def jump(chain: str) -> Argv:
+    return ("-j", chain)
+
+
+def deny_network(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Argv:
+    return ("-d", str(network), "--jump", "REJECT", "--reject-with", _reject_with(network.version))
+
+
+def conn_limit(handle: str, rate_per_sec: int, burst: int, target: str) -> Argv:
+    """silk's outbound connection rate limit: new TCP connections above the rate go to ``target``."""
+    expire_ms = math.ceil(burst / rate_per_sec) * 1000
+    return (
+        "-p", "tcp", "-m", "conntrack", "--ctstate", "NEW",
+        "-m", "hashlimit", "--hashlimit-above", f"{rate_per_sec}/sec", "--hashlimit-burst", str(burst),
+        "--hashlimit-mode", "dstip,dstport", "--hashlimit-name", handle,
+        "--hashlimit-htable-expire", str(expire_ms), "-j", target,
+    )  # fmt: skip
+
+
+def deny_log(handle: str, per_sec: int, prefix: str = "DENY") -> Argv:
+    return (
+        "-m", "limit", "--limit", f"{per_sec}/s", "--limit-burst", str(per_sec),
+        "--jump", "LOG", "--log-prefix", _log_prefix(f"{prefix}_{handle}"),
+    )  # fmt: skip
+
+
+def _target(log_chain: str | None) -> Argv:
+    return ("-g", log_chain) if log_chain else ("--jump", "ACCEPT")
+
+
+def _icmp_type(icmp_type: int, icmp_code: int) -> str:
+    # Type 255 is "any type" to the kernel. A code of 255 (CC's -1, "any code")
+    # is written without a code, i.e. codes 0-255: "T/255" would match only
+    # code 255 (the Go agent writes that and so never matches, e.g., 8/-1).
+    if icmp_type == ANY or icmp_code != ANY:
+        return f"{icmp_type}/{icmp_code}"
+    return str(icmp_type)
+
+
+def accept(
+    protocol: str,
+    destination: IPRange,
+    *,
+    ports: PortRange | None = None,
+    icmp: tuple[int, int] | None = None,
+    log_chain: str | None = None,
+) -> Argv:
+    """One accept rule for one destination range (and one port range or ICMP type/code).
+
+    ``protocol`` is ``tcp``, ``udp``, ``icmp``, ``icmpv6`` or ``all``; with
+    ``log_chain`` the rule jumps (``-g``) to the container's log chain instead of
+    accepting directly.
+    """
+    dst = ("-m", "iprange")
+    if protocol == "all":
+        return (*dst, "--dst-range", str(destination), *_target(log_chain))
+    if protocol in ("tcp", "udp"):
+        assert ports is not None
+        match = ("-m", protocol, "--destination-port", str(ports))
+        return (*dst, "-p", protocol, "--dst-range", str(destination), *match, *_target(log_chain))
+    assert icmp is not None
+    icmp_type, icmp_code = icmp
+    if protocol == "icmp":
+        match = ("-m", "icmp", "--icmp-type", _icmp_type(icmp_type, icmp_code))
+        return (*dst, "-p", "icmp", "--dst-range", str(destination), *match, *_target(log_chain))
+    # icmpv6: ip6tables has no "any" type, so type 255 means no type match at all.
+    match = () if icmp_type == ANY else ("-m", "icmp6", "--icmpv6-type", _icmp_type(icmp_type, icmp_code))
+    return (*dst, "-p", "ipv6-icmp", "--dst-range", str(destination), *match, *_target(log_chain))
+
+
+def log_chain_rules(handle: str, accepted_udp_logs_per_sec: int) -> tuple[Argv, ...]:
+    """The log chain's content (as silk-cni creates it): log new flows, then accept."""
+    prefix = _log_prefix(f"OK_{handle}")
+    rate = accepted_udp_logs_per_sec
+    return (
+        ("!", "-p", "udp", "-m", "conntrack", "--ctstate", "INVALID,NEW,UNTRACKED",
+         "-j", "LOG", "--log-prefix", prefix),
+        ("-p", "udp", "-m", "limit", "--limit", f"{rate}/s", "--limit-burst", str(rate),
+         "-j", "LOG", "--log-prefix", prefix),
+        ("--jump", "ACCEPT"),
+    )  # fmt: skip
+
+
+def rate_limit_log_chain_rules(handle: str, denied_logs_per_sec: int, version: int) -> tuple[Argv, ...]:
+    """The rate-limit log chain's content: log the refused connection, then reject."""
+    return (deny_log(handle, denied_logs_per_sec, prefix="DENY_ORL"), reject(version))

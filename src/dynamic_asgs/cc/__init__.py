@@ -1,0 +1,1 @@
+"""Cloud Controller v3 and UAA client."""

@@ -1,0 +1,1 @@
+"""Chained CNI plugin recording containers and hooking their egress chains."""

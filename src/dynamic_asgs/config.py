@@ -1,0 +1,90 @@
+"""Configuration loading and validation: one home for every daemon and tool.
+
+Each daemon ships a JSON schema (draft 2020-12) beside its code. :func:`load_config`
+reads a JSON file, fills in the schema's defaults and validates it; any problem
+becomes a :class:`~dynamic_asgs.errors.ConfigError` whose one-line message names
+the file, the offending key (as a JSON path) and the reason. Daemons turn that
+into exit status 2.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from dynamic_asgs.errors import ConfigError
+
+__all__ = ["load_config", "load_schema", "validate_config"]
+
+
+def load_schema(package: str, name: str) -> dict[str, Any]:
+    """Load a JSON schema shipped as package data (``package``/``name``)."""
+    text = resources.files(package).joinpath(name).read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    Draft202012Validator.check_schema(schema)
+    return schema
+
+
+def _fill_defaults(instance: Any, schema: dict[str, Any]) -> None:
+    """Set defaults declared in ``schema`` (recursively through ``properties``)."""
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _fill_defaults(instance[key], sub)
+
+
+def _path(error: jsonschema.ValidationError) -> str:
+    parts = ["$"]
+    for part in error.absolute_path:
+        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
+    return "".join(parts)
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return f"unknown key(s) {', '.join(repr(k) for k in extra)}"
+    if error.validator == "required":
+        return error.message.replace(" is a required property", " is required")
+    return error.message
+
+
+def _errors(config: Any, schema: dict[str, Any]) -> Iterator[jsonschema.ValidationError]:
+    return Draft202012Validator(schema).iter_errors(config)
+
+
+def validate_config(config: Any, schema: dict[str, Any], *, source: str) -> dict[str, Any]:
+    """Fill defaults into a copy of ``config`` and validate it; return the copy."""
+    filled = copy.deepcopy(config)
+    _fill_defaults(filled, schema)
+    error = best_match(_errors(filled, schema))
+    if error is not None:
+        raise ConfigError(f"{source}: {_path(error)}: {_describe(error)}")
+    if not isinstance(filled, dict):
+        raise ConfigError(f"{source}: the configuration must be a JSON object")
+    return filled
+
+
+def load_config(path: str | Path, schema: dict[str, Any]) -> dict[str, Any]:
+    """Read, default-fill and validate the JSON configuration file at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror or exc}") from exc
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    return validate_config(raw, schema, source=str(path))

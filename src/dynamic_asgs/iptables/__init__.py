@@ -1,0 +1,1 @@
+"""iptables plumbing shared by the agent, the CNI plugin and netmon."""

@@ -1,0 +1,1 @@
+"""The all-in-one local environment: CC stand-in, control plane and a cell in namespaces."""

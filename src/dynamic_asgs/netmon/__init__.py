@@ -1,0 +1,1 @@
+"""netmon: iptables rule counts and overlay interface metrics."""

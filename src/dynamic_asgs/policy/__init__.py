@@ -1,0 +1,1 @@
+"""Policy store (SQL), leader lease and the internal security-groups API."""

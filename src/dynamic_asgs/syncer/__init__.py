@@ -1,0 +1,1 @@
+"""policy-server-asg-syncer: Cloud Controller -> policy DB."""

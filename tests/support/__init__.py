@@ -1,0 +1,1 @@
+"""Shared test support: real network namespaces, real iptables, capability checks."""
