@@ -52,16 +52,19 @@ def _path(error: jsonschema.ValidationError) -> str:
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
-    if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        schema = error.schema if isinstance(error.schema, dict) else {}
+        extra = sorted(set(error.instance) - set(schema.get("properties", {})))
         return f"unknown key(s) {', '.join(repr(k) for k in extra)}"
+    message = str(error.message)
     if error.validator == "required":
-        return error.message.replace(" is a required property", " is required")
-    return error.message
+        return message.replace(" is a required property", " is required")
+    return message
 
 
 def _errors(config: Any, schema: dict[str, Any]) -> Iterator[jsonschema.ValidationError]:
-    return Draft202012Validator(schema).iter_errors(config)
+    errors: Iterator[jsonschema.ValidationError] = Draft202012Validator(schema).iter_errors(config)
+    return errors
 
 
 def validate_config(config: Any, schema: dict[str, Any], *, source: str) -> dict[str, Any]:

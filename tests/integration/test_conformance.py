@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.env import BACKENDS, require_backend
-from support.netns import iptables, netns, restore
-from support.translate import SHARED, internal_group, store_entry, strip_comments, translate
 
 from dynamic_asgs.asg import chains
 from dynamic_asgs.asg.parse import parse_destinations, parse_ports, parse_rule
 from dynamic_asgs.asg.translate import accept_rules
 from dynamic_asgs.errors import RuleError
+from support.env import BACKENDS, require_backend
+from support.netns import iptables, netns, restore
+from support.translate import SHARED, internal_group, store_entry, strip_comments, translate
 
 VECTORS_FILE = SHARED / "conformance" / "asg_iptables_vectors.json"
 VECTORS: list[dict[str, Any]] = json.loads(VECTORS_FILE.read_text()) if VECTORS_FILE.exists() else []

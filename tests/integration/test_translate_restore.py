@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from dynamic_asgs.asg import chains
 from support.env import BACKENDS, require_backend
 from support.netns import iptables, netns, restore
 from support.translate import internal_group, store_entry, strip_comments, translate
-
-from dynamic_asgs.asg import chains
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

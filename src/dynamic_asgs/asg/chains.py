@@ -142,6 +142,7 @@ def accept(
     accepting directly.
     """
     dst = ("-m", "iprange")
+    match: Argv
     if protocol == "all":
         return (*dst, "--dst-range", str(destination), *_target(log_chain))
     if protocol in ("tcp", "udp"):

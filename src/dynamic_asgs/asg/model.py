@@ -139,5 +139,7 @@ class Container:
     raw_workload: str = ""
     app_guid: str = ""
     log_source: str = ""
+    log_index: str = ""
     log_tags: tuple[tuple[str, str], ...] = ()
     ports: str = ""
+    ipv6: str = ""

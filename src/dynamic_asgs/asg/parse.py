@@ -54,12 +54,12 @@ def _destination(text: str) -> IPRange:
         start, end = _address(first), _address(last)
         if start.version != end.version:
             raise ValueError(f"range {text!r} mixes IPv4 and IPv6")
-        if start > end:
+        if int(start) > int(end):
             raise ValueError(f"range {text!r} starts after it ends")
         return IPRange(start, end)
     if "/" in text:
-        address, _, prefix = text.partition("/")
-        _address(address)
+        host, _, prefix = text.partition("/")
+        _address(host)
         if not prefix.isdigit() or (len(prefix) > 1 and prefix[0] == "0"):
             raise ValueError(f"{text!r} has an invalid prefix length")
         try:
@@ -142,7 +142,7 @@ def parse_rule(raw: Any, *, group: str, index: int) -> Rule:
     if not isinstance(raw, Mapping):
         raise fail("rule", f"must be an object, not {type(raw).__name__}")
     try:
-        protocol = Protocol(raw.get("protocol"))
+        protocol = Protocol(str(raw.get("protocol")))
     except ValueError:
         raise fail("protocol", f"{raw.get('protocol')!r} is not one of tcp, udp, icmp, icmpv6, all") from None
     try:
@@ -344,14 +344,7 @@ def parse_container(raw: Any, *, handle: str | None = None) -> Container:
     where = f"container {entry_handle!r}"
     if not isinstance(entry_handle, str) or not entry_handle:
         raise ValidationError(f"{where}: handle: must be a non-empty string")
-    ip = raw.get("ip", "")
-    if not isinstance(ip, str):
-        raise ValidationError(f"{where}: ip: must be a string")
-    if ip:
-        try:
-            ipaddress.ip_address(ip)
-        except ValueError:
-            raise ValidationError(f"{where}: ip: {ip!r} is not an IP address") from None
+    ip, ipv6 = (_ip_field(raw, key, where) for key in ("ip", "ipv6"))
     metadata = raw.get("metadata")
     if metadata is None:
         metadata = {}
@@ -367,7 +360,8 @@ def parse_container(raw: Any, *, handle: str | None = None) -> Container:
         return value
 
     workload = meta("container_workload")
-    app_guid, source, tags = meta("policy_group_id"), "", ()
+    app_guid, source, index = meta("policy_group_id"), "", ""
+    tags: tuple[tuple[str, str], ...] = ()
     log_config = metadata.get("log_config")
     if isinstance(log_config, str) and log_config:
         try:
@@ -377,6 +371,7 @@ def parse_container(raw: Any, *, handle: str | None = None) -> Container:
         if isinstance(parsed, Mapping):
             app_guid = str(parsed.get("guid") or app_guid)
             source = str(parsed.get("source_name") or "")
+            index = str(parsed.get("index", ""))
             raw_tags = parsed.get("tags") or {}
             if isinstance(raw_tags, Mapping):
                 tags = tuple(sorted((str(k), str(v)) for k, v in raw_tags.items()))
@@ -389,6 +384,20 @@ def parse_container(raw: Any, *, handle: str | None = None) -> Container:
         raw_workload=workload,
         app_guid=app_guid,
         log_source=source,
+        log_index=index,
         log_tags=tags,
         ports=meta("ports"),
+        ipv6=ipv6,
     )
+
+
+def _ip_field(raw: Mapping[str, Any], key: str, where: str) -> str:
+    value = raw.get(key) or ""
+    if not isinstance(value, str):
+        raise ValidationError(f"{where}: {key}: must be a string")
+    if value:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValidationError(f"{where}: {key}: {value!r} is not an IP address") from None
+    return value

@@ -104,7 +104,7 @@ def test_ports_accept_ccs_forms_and_the_agents_mixes(ports: object, expected: li
         ("http", "not a port number"),
         ("-80", "not a port number"),
         ("2000-1000", "starts after it ends"),
-        ("１２", "not a port number"),
+        ("\uff11\uff12", "not a port number"),  # full-width digits
         (True, "must be a string"),
         (None, "must be a string"),
     ],

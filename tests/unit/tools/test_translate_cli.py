@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from support.translate import internal_group, store_entry, translate
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
