@@ -33,15 +33,28 @@ def load_schema(package: str, name: str) -> dict[str, Any]:
     return schema
 
 
-def _fill_defaults(instance: Any, schema: dict[str, Any]) -> None:
-    """Set defaults declared in ``schema`` (recursively through ``properties``)."""
+def _resolve(sub: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """Merge a local ``$ref`` (``#/$defs/...``) into ``sub``; keys beside the ref win."""
+    ref = sub.get("$ref")
+    if not isinstance(ref, str) or not ref.startswith("#/"):
+        return sub
+    target: Any = root
+    for part in ref[2:].split("/"):
+        target = target[part]
+    return {**_resolve(target, root), **{k: v for k, v in sub.items() if k != "$ref"}}
+
+
+def _fill_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any] | None = None) -> None:
+    """Set defaults declared in ``schema`` (recursively through ``properties`` and local refs)."""
+    root = schema if root is None else root
     if not isinstance(instance, dict):
         return
-    for key, sub in schema.get("properties", {}).items():
+    for key, sub in _resolve(schema, root).get("properties", {}).items():
+        sub = _resolve(sub, root)
         if key not in instance and "default" in sub:
             instance[key] = copy.deepcopy(sub["default"])
         if key in instance:
-            _fill_defaults(instance[key], sub)
+            _fill_defaults(instance[key], sub, root)
 
 
 def _path(error: jsonschema.ValidationError) -> str:
