@@ -1,0 +1,74 @@
+"""scripts/release/create-blobs: bosh add-blob layout, target-matching wheels, clean refusals."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import yaml
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "release" / "create-blobs"
+LEGACY_PLATFORMS = ("any", "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64")
+UPSTREAM_3_11_2 = "sha256:2411c74bda5bbcfcddaf4531f66d1adc73f247f529aee981b029513aefdbf849"
+
+
+def create_blobs(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, check=False,
+                          timeout=300)
+
+
+def test_blobs_yml_records_cpython_and_the_wheels(release_blobs: Path) -> None:
+    entries = yaml.safe_load((release_blobs / "config" / "blobs.yml").read_text())
+    assert entries["python3/Python-3.11.2.tgz"]["sha"] == UPSTREAM_3_11_2, "Debian's orig tarball is upstream's"
+    wheels = [name for name in entries if name.startswith("dynamic-asgs/wheels/")]
+    assert any(name.startswith("dynamic-asgs/wheels/dynamic_asgs-") for name in wheels)
+    assert set(entries) == {"python3/Python-3.11.2.tgz", *wheels}
+    for entry in entries.values():
+        assert set(entry) == {"size", "sha"} and re.fullmatch(r"sha256:[0-9a-f]{64}", entry["sha"])
+
+
+def test_wheels_match_the_target(release_blobs: Path) -> None:
+    """CPython 3.11 (cp311, abi3 or pure), manylinux x86_64 with glibc up to Jammy's 2.35."""
+    for wheel in (release_blobs / "blobs" / "dynamic-asgs" / "wheels").glob("*.whl"):
+        python, abi, platforms = wheel.stem.split("-")[-3:]
+        assert python in ("py3", "cp311") or re.fullmatch(r"cp3\d+", python), wheel.name
+        assert abi in ("none", "cp311", "abi3"), wheel.name
+        for platform in platforms.split("."):
+            glibc = re.fullmatch(r"manylinux_2_(\d+)_x86_64", platform)
+            assert platform in LEGACY_PLATFORMS or (glibc is not None and int(glibc.group(1)) <= 35), wheel.name
+
+
+def test_check_agrees_with_what_a_run_made(release_blobs: Path) -> None:
+    result = create_blobs("--check")
+    assert result.returncode == 0, result.stderr
+    assert "blobs are up to date" in result.stdout
+
+
+def tarball(path: Path, top: str) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo(f"{top}/README")
+        data = b"readme\n"
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_a_wrong_tarball_is_refused_and_nothing_changes(release_blobs: Path, tmp_path: Path) -> None:
+    blobs_yml = release_blobs / "config" / "blobs.yml"
+    before = blobs_yml.read_bytes()
+    cases = {
+        tarball(tmp_path / "Python-3.12.0.tgz", "Python-3.12.0"): "expected CPython 3.11 source",
+        tmp_path / "missing.tgz": "no such file",
+    }
+    (tmp_path / "junk.tgz").write_bytes(b"not a tarball")
+    cases[tmp_path / "junk.tgz"] = "not a gzip'd tar archive"
+    for path, message in cases.items():
+        result = create_blobs("--cpython-tarball", str(path))
+        assert result.returncode == 1
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert blobs_yml.read_bytes() == before
