@@ -1,1 +1,11 @@
-"""The agent's iptables dataplane: desired chains in, one atomic restore per family out."""
+"""The agent's iptables dataplane: desired chains in, one atomic restore per family out.
+
+See :mod:`.dataplane` for the design; :mod:`.payload` (transaction builder),
+:mod:`.table` (desired vs kernel hashes), :mod:`.sweep` (orphans), :mod:`.cycle`
+(one family's restore and recovery) and :mod:`.report` hold the steps.
+"""
+
+from .dataplane import Dataplane
+from .report import AppliedContainer, AppliedFamily, ApplyReport, ContainerChange, FamilyReport
+
+__all__ = ["AppliedContainer", "AppliedFamily", "ApplyReport", "ContainerChange", "Dataplane", "FamilyReport"]

@@ -1,0 +1,219 @@
+"""The agent's iptables dataplane: desired chains in, one atomic restore per family out.
+
+Goals and the mechanism serving each (DESIGN.md §4, §5):
+
+* **A cycle costs about one kernel commit, whatever the cell size** — every changed
+  container's ASG chain (declared, hence flushed, and refilled), its parent's
+  content (jump + final REJECT) and the removal of orphaned ``asg-*``/``casg-*``
+  chains go into one ``iptables-restore --noflush -w`` per family
+  (:mod:`.cycle`, :mod:`.payload`). A container is never seen half-written: the
+  restore is atomic, so the chain is replaced in place: no candidate chain, no
+  rename dance, no candidate name to collide with a live chain (Go's ``casg-``
+  leftovers are simply swept).
+* **Nothing changed, nothing written; a restart writes nothing** — content hashes
+  (:mod:`.table`). The first call reads the table once (``iptables-save``) and
+  adopts matching chains; afterwards the kernel state lives in memory and is read
+  again only on suspicion: a refusal that implicates what we believed, a parent
+  that vanished, or :meth:`Dataplane.invalidate` (the daemon may call it
+  periodically to catch outside edits).
+* **Two phases** — constructing a Dataplane touches nothing; only ``apply``,
+  ``apply_one`` and ``remove_orphans`` read or write the kernel.
+* **Parents belong to the CNI** — never created (``-F`` guard); a container whose
+  parent is known to be missing is skipped with a log line, and written when the
+  CNI forces a sync (``apply_one``) after creating it.
+* **Orphans only on complete data** — ``apply(..., complete=False)`` writes what
+  it is given and deletes nothing; ``remove_orphans`` sweeps against the handles
+  the caller knows to be alive.
+* **Memory at a million rules** — no rendered lines are kept (payloads stream);
+  per container the dataplane keeps its plan object (whose argv tuples a
+  ``GroupIndex`` shares) and its hash.
+
+Calls are serialised by a lock: the poll loop and the CNI's force calls may come
+from different threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Collection, Mapping
+
+from dynamic_asgs.asg import chains
+from dynamic_asgs.asg.translate import ContainerChains, FamilyChains
+from dynamic_asgs.iptables.render import Renderer
+from dynamic_asgs.iptables.runner import Runner
+from dynamic_asgs.lager import Logger
+
+from .cycle import FamilyCycle, FamilyState, SweepSpec
+from .report import AppliedContainer, AppliedFamily, ApplyReport
+from .table import KernelTable
+
+__all__ = ["Dataplane"]
+
+
+def _family(plan: ContainerChains, version: int) -> FamilyChains | None:
+    return plan.v4 if version == 4 else plan.v6
+
+
+def _orphans_except(keep: Collection[str]) -> Callable[[KernelTable], list[str]]:
+    """Every owned chain of the table not in ``keep``."""
+    return lambda kernel: [c for c in kernel.owned() if c not in keep]
+
+
+def _present(names: Collection[str]) -> Callable[[KernelTable], list[str]]:
+    """Those of ``names`` the table holds."""
+    return lambda kernel: [c for c in names if c in kernel.info]
+
+
+class Dataplane:
+    """Brings the filter table of each family to the desired chains of the cell's containers."""
+
+    def __init__(
+        self,
+        *,
+        runners: Mapping[int, Runner],
+        logger: Logger,
+        clock: Callable[[], float] = time.time,
+        max_restores: int = 16,
+    ) -> None:
+        if not runners or set(runners) - {4, 6}:
+            raise ValueError("runners must map 4 (and optionally 6) to iptables runners")
+        self._states = {v: FamilyState(runners[v]) for v in sorted(runners)}
+        self._log = logger.session("dataplane")
+        self._clock = clock
+        self._max_restores = max_restores
+        self._lock = threading.Lock()
+        self._logged: dict[str, str] = {}
+
+    def apply(self, desired: Mapping[str, ContainerChains], *, complete: bool = True) -> ApplyReport:
+        """A full cycle: write changed containers; with ``complete``, sweep orphans too."""
+        with self._lock:
+            started = time.monotonic()
+            renderer, now = Renderer(), self._clock()
+            runs = {}
+            for version, state in self._states.items():
+                wanted = {h: f for h, p in desired.items() if (f := _family(p, version)) is not None}
+                keep = {f.asg.name for f in wanted.values()}
+                spec = SweepSpec(_orphans_except(keep)) if complete else None
+                runs[version] = self._run(state, wanted, renderer, now, spec)
+                if complete:
+                    state.prune(wanted.__contains__)
+            return self._finish("full", runs, len(desired), started, prune_logged=complete)
+
+    def apply_one(self, plan: ContainerChains) -> ApplyReport:
+        """A forced sync of one container: writes its chains (only them), whatever the cache says."""
+        handle = plan.container.handle
+        asg = chains.asg_chain_name(handle)
+        with self._lock:
+            started = time.monotonic()
+            renderer, now = Renderer(), self._clock()
+            runs = {}
+            for version, state in self._states.items():
+                family = _family(plan, version)
+                own = {"c" + asg} if family is not None else {asg, "c" + asg}
+                spec = SweepSpec(_present(own))
+                wanted = {handle: family} if family is not None else {}
+                runs[version] = self._run(state, wanted, renderer, now, spec, force={handle})
+                if family is None:
+                    state.prune(lambda h: h != handle)
+            return self._finish("one", runs, 1, started, prune_logged=False)
+
+    def remove_orphans(self, live_handles: Collection[str]) -> ApplyReport:
+        """Delete the ASG chains of every container not in ``live_handles`` (closing their parents)."""
+        live = set(live_handles)
+        keep = {chains.asg_chain_name(h) for h in live}
+        keep |= {"c" + name for name in keep}
+        protected = frozenset(chains.netout_chain_name(h) for h in live)
+        with self._lock:
+            started = time.monotonic()
+            renderer, now = Renderer(), self._clock()
+            runs = {}
+            for version, state in self._states.items():
+                runs[version] = self._run(state, {}, renderer, now, SweepSpec(_orphans_except(keep), protected))
+                state.prune(live.__contains__)
+            return self._finish("orphans", runs, 0, started, prune_logged=False)
+
+    def state(self) -> Mapping[str, AppliedContainer]:
+        """Per container: the hash, rule count and time of what the kernel enforces, per family."""
+        with self._lock:
+            families: dict[str, dict[int, AppliedFamily]] = {}
+            for version, state in self._states.items():
+                for handle, a in state.applied.items():
+                    families.setdefault(handle, {})[version] = AppliedFamily(
+                        a.digest, a.family.accept_count, a.at, a.adopted)
+            return {h: AppliedContainer(h, f) for h, f in families.items()}
+
+    def invalidate(self) -> None:
+        """Forget what the kernel holds: the next call reads the table again."""
+        with self._lock:
+            for state in self._states.values():
+                state.kernel = None
+
+    def kernel(self, version: int) -> KernelTable | None:
+        """The cached view of one family's table (None until read); for status pages and tests."""
+        return self._states[version].kernel
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _run(
+        self,
+        state: FamilyState,
+        wanted: Mapping[str, FamilyChains],
+        renderer: Renderer,
+        now: float,
+        spec: SweepSpec | None,
+        force: Collection[str] = (),
+    ) -> FamilyCycle:
+        cycle = FamilyCycle(state, wanted=wanted, renderer=renderer, logger=self._log, now=now,
+                            max_restores=self._max_restores, sweep=spec, force=force)
+        cycle.run()
+        return cycle
+
+    def _finish(
+        self, kind: str, runs: Mapping[int, FamilyCycle], total: int, started: float, *, prune_logged: bool
+    ) -> ApplyReport:
+        touched: set[str] = set()
+        skipped: dict[str, list[str]] = {}
+        failed: dict[str, list[str]] = {}
+        for version, run in runs.items():
+            touched.update(run.outcome)
+            for handle, outcome in run.outcome.items():
+                if outcome in ("skipped", "failed"):
+                    target = skipped if outcome == "skipped" else failed
+                    target.setdefault(handle, []).append(f"IPv{version}: {run.reasons[handle]}")
+        adopted = {h for run in runs.values() for h, o in run.outcome.items() if o == "adopted"}
+        report = ApplyReport(
+            kind=kind,
+            changes=tuple(c for run in runs.values() for c in run.changes),
+            adopted=tuple(sorted(adopted)),
+            unchanged=max(0, total - len(touched)),
+            skipped={h: "; ".join(r) for h, r in skipped.items()},
+            failed={h: "; ".join(r) for h, r in failed.items()},
+            deleted={v: tuple(run.deleted) for v, run in runs.items() if run.deleted},
+            closed={v: tuple(run.closed) for v, run in runs.items() if run.closed},
+            deferred={c: r for run in runs.values() for c, r in run.deferred.items()},
+            families={v: run.report() for v, run in runs.items()},
+            seconds=time.monotonic() - started,
+        )
+        self._log_report(report, prune_logged)
+        return report
+
+    def _log_report(self, report: ApplyReport, prune: bool) -> None:
+        notes = {**{f"container:{h}": r for h, r in report.skipped.items()},
+                 **{f"chain:{c}": r for c, r in report.deferred.items()}}
+        for key, reason in notes.items():
+            if self._logged.get(key) != reason:  # once per reason, not every cycle
+                kind, _, name = key.partition(":")
+                event = "container-skipped" if kind == "container" else "orphan-deferred"
+                self._log.info(event, {"handle" if kind == "container" else "chain": name, "reason": reason})
+                self._logged[key] = reason
+        if prune:
+            for key in [k for k in self._logged if k not in notes]:
+                del self._logged[key]
+        for change in report.changes:
+            self._log.debug("container-written", {"handle": change.handle, "version": change.version,
+                                                  "old_digest": change.old_digest, "new_digest": change.new_digest,
+                                                  "old_rules": change.old_rules, "new_rules": change.new_rules})
+        for handle, reason in report.failed.items():
+            self._log.error("container-failed", reason, {"handle": handle})
+        self._log.info("cycle-done", report.summary())

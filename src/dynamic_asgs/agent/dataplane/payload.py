@@ -1,0 +1,148 @@
+"""The restore transaction of one cycle for one family: one ``*filter`` ... ``COMMIT`` section.
+
+Layout, in the order iptables needs it::
+
+    *filter
+    :asg-<h> - [0:0]            ASG and helper (log) chains of every written container:
+    :netout--<h>--log - [0:0]   declared, hence created or flushed, in this commit
+    :casg-<o> - [0:0]           every chain to delete (flushed, so that -X is legal)
+    -F netout--<h>              the CNI's parent chain: flushed, never created
+    -A asg-<h> ... / helpers / parent (jump + REJECT)     for every written container
+    -F netout--<o>              a parent left without its ASG chain: lone REJECT (fail closed)
+    -A netout--<o> -j REJECT ...
+    -X casg-<o>                 deletions last
+    COMMIT
+
+Goals and the mechanism serving each:
+
+* **Never create a parent chain** (they belong to the CNI) — parents are flushed
+  with ``-F``, which fails the restore when the chain is missing; a declaration
+  would silently create it.
+* **Map a refusal to its owner** — the line ranges of every part are computed up
+  front from chain lengths, so :meth:`Payload.owner_of` tells which container,
+  parent guard, closed parent or deletion a failing line belongs to without
+  keeping the text.
+* **Stream** — lines are generated each time the payload is iterated (the runner
+  iterates once to write and, on a refusal, once more for the numbered context);
+  the payload holds references to the plans, never their rendered lines.
+* **Never an empty transaction** — building one with nothing to do is an error;
+  callers check :attr:`Step.empty` first.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from dynamic_asgs.asg import chains
+from dynamic_asgs.asg.translate import FamilyChains
+from dynamic_asgs.iptables.render import Renderer, declare
+
+__all__ = ["Owner", "Payload", "Write"]
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One container's chains to write in this family, with their content hash."""
+
+    handle: str
+    family: FamilyChains
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """What a payload line belongs to.
+
+    ``kind`` is ``write`` (a container's chains; ``name`` is its handle), ``guard``
+    (the ``-F`` of a written container's parent; ``name`` is the handle),
+    ``close-guard``/``close`` (a parent set to a lone REJECT; ``name`` is the
+    parent), ``delete`` (``name`` is the chain) or ``frame`` (``*filter``/``COMMIT``).
+    """
+
+    kind: str
+    name: str
+
+
+_FRAME = Owner("frame", "")
+
+
+class Payload:
+    """A lazily rendered, re-iterable restore payload with a line -> owner map."""
+
+    def __init__(
+        self,
+        version: int,
+        writes: Sequence[Write],
+        closes: Sequence[str] = (),
+        deletes: Sequence[str] = (),
+        renderer: Renderer | None = None,
+    ) -> None:
+        if not (writes or closes or deletes):
+            raise ValueError("an empty restore transaction")
+        self.version = version
+        self.writes = tuple(writes)
+        self.closes = tuple(closes)
+        self.deletes = tuple(deletes)
+        self._renderer = renderer or Renderer()
+        self._starts: list[int] = []
+        self._owners: list[Owner] = []
+        self._lines = self._layout()
+
+    def _mark(self, line: int, owner: Owner) -> None:
+        if not self._owners or self._owners[-1] != owner:
+            self._starts.append(line)
+            self._owners.append(owner)
+
+    def _layout(self) -> int:
+        line = 1
+        self._mark(line, _FRAME)
+        for w in self.writes:
+            self._mark(line + 1, Owner("write", w.handle))
+            line += 1 + len(w.family.helpers)
+        for name in self.deletes:
+            self._mark(line + 1, Owner("delete", name))
+            line += 1
+        for w in self.writes:
+            self._mark(line + 1, Owner("guard", w.handle))
+            self._mark(line + 2, Owner("write", w.handle))
+            line += 1 + sum(len(c.rules) for c in w.family.chains)
+        for name in self.closes:
+            self._mark(line + 1, Owner("close-guard", name))
+            self._mark(line + 2, Owner("close", name))
+            line += 2
+        for name in self.deletes:
+            self._mark(line + 1, Owner("delete", name))
+            line += 1
+        self._mark(line + 1, _FRAME)
+        return line + 1
+
+    def __len__(self) -> int:
+        return self._lines
+
+    def owner_of(self, line: int | None) -> Owner | None:
+        """The owner of 1-based ``line``; None when out of range or unknown."""
+        if line is None or not 1 <= line <= self._lines:
+            return None
+        return self._owners[bisect.bisect_right(self._starts, line) - 1]
+
+    def __iter__(self) -> Iterator[str]:
+        yield "*filter"
+        for w in self.writes:
+            yield declare(w.family.asg.name)
+            for helper in w.family.helpers:
+                yield declare(helper.name)
+        for name in self.deletes:
+            yield declare(name)
+        rules = self._renderer.rules
+        for w in self.writes:
+            yield f"-F {w.family.parent.name}"
+            yield from rules(w.family, w.digest)
+        reject = " ".join(chains.reject(self.version))
+        for name in self.closes:
+            yield f"-F {name}"
+            yield f"-A {name} {reject}"
+        for name in self.deletes:
+            yield f"-X {name}"
+        yield "COMMIT"

@@ -1,0 +1,108 @@
+"""Which chains a transaction deletes, and which parent chains it closes.
+
+Goals and the mechanism serving each:
+
+* **No leftovers** — an ASG chain (``asg-``, or a Go agent's candidate ``casg-``)
+  that no wanted container owns is an orphan and is deleted. So are our helper
+  log chains (``netout--…--log``, ``netout--…--rl-log``) that a deleted or
+  rewritten ASG chain used to reference and that nothing references any more
+  (the Go agent deletes its ASG chain's jump targets the same way).
+* **Never leave a container's egress open** — ``-X`` needs every reference gone
+  in the same commit. A reference from a parent ``netout--`` chain whose container
+  is not written in this transaction is removed by setting that parent to a lone
+  ``REJECT`` (fail closed: e.g. the store lost the entry while the container
+  lives). A parent whose container is wanted but not written this time (skipped,
+  failed) is never closed: its orphan waits for a later cycle.
+* **Touch nothing we do not own** — an orphan referenced from any other chain is
+  left in place and reported (``deferred``) rather than unlinked blindly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .payload import Write
+from .table import KernelTable, family_targets
+
+__all__ = ["HELPER_SUFFIXES", "Sweep", "is_helper_chain", "plan_sweep"]
+
+HELPER_SUFFIXES = ("--log", "--rl-log")
+
+
+def is_helper_chain(name: str) -> bool:
+    """Whether ``name`` is a container's ASG log chain (``netout--<h>--log`` or ``--rl-log``)."""
+    return name.startswith("netout--") and name.endswith(HELPER_SUFFIXES)
+
+
+def _is_parent(name: str) -> bool:
+    return name.startswith("netout--") and not is_helper_chain(name)
+
+
+@dataclass
+class Sweep:
+    """The deletions and closed parents of one transaction, and the orphans left for later."""
+
+    closes: list[str] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+    deferred: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.closes or self.deletes)
+
+
+def plan_sweep(
+    kernel: KernelTable,
+    *,
+    candidates: Iterable[str],
+    writes: Sequence[Write],
+    protected: Collection[str],
+    exclude: Collection[str] = (),
+) -> Sweep:
+    """Plan the deletion of the orphan ``candidates`` and of stale helper chains.
+
+    ``writes`` are the containers this transaction rewrites (their new content
+    replaces their old references); ``protected`` are parents that must not be
+    closed; ``exclude`` are chains not to touch in this transaction.
+    """
+    rewritten = {name: t for w in writes for name, t in family_targets(w.family).items()}
+    out = Sweep()
+    deletes = {c for c in candidates if c in kernel.info and c not in exclude and c not in rewritten}
+    closes: set[str] = set()
+
+    def unlinked(chain: str, referrer: str) -> bool:
+        return referrer in deletes or (referrer in rewritten and chain not in rewritten[referrer])
+
+    changed = True
+    while changed:  # an orphan kept because of its referrer keeps what it references too
+        changed = False
+        closes.clear()
+        for orphan in sorted(deletes):
+            for referrer in sorted(kernel.referrers.get(orphan, ())):
+                if unlinked(orphan, referrer):
+                    continue
+                if _is_parent(referrer) and referrer not in protected and referrer not in exclude:
+                    closes.add(referrer)
+                    continue
+                why = "its container is wanted but not written this cycle" if _is_parent(referrer) else "not ours"
+                out.deferred[orphan] = f"referenced by {referrer} ({why})"
+                deletes.discard(orphan)
+                changed = True
+                break
+    helpers: set[str] = set()
+    for orphan in deletes:
+        helpers.update(t for t in kernel.info[orphan].targets if is_helper_chain(t))
+    for name, new_targets in rewritten.items():
+        old = kernel.info.get(name)
+        if old is not None:
+            helpers.update(t for t in old.targets if is_helper_chain(t) and t not in new_targets)
+    for helper in sorted(helpers):
+        if helper in rewritten or helper in exclude or helper not in kernel.info:
+            continue
+        refs = kernel.referrers.get(helper, set())
+        if all(r in closes or unlinked(helper, r) for r in refs):
+            deletes.add(helper)
+    out.closes = sorted(closes)
+    out.deletes = sorted(deletes)
+    return out

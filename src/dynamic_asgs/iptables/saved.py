@@ -1,0 +1,98 @@
+"""Read back a filter table from ``iptables-save``: chain names, our hash comments, jumps.
+
+``iptables-save`` does not round-trip rule text (extensions reorder and normalise
+their arguments), so nothing here compares rules. It reads only what identifies
+our chains and what links them:
+
+* every chain name (so the agent knows which CNI parent chains exist);
+* for the chains we track (``asg-``, ``casg-``, ``netout--``): the number of rules
+  and the ``dasg:<hash>`` comment on the first rule (see :mod:`.render`);
+* which chains jump (``-j``) or go (``-g``) to a tracked chain, so that a chain is
+  deleted only together with every reference to it.
+
+The parser streams: it takes any iterable of lines (a pipe from ``iptables-save``)
+and keeps nothing per rule, so reading a million-rule table costs a few MB.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from dynamic_asgs.iptables.render import HASH_RE
+
+__all__ = ["TRACKED_PREFIXES", "ChainInfo", "SavedTable", "is_tracked", "jump_target", "parse_save"]
+
+#: Chains whose rules and references the agent needs to know about.
+TRACKED_PREFIXES = ("asg-", "casg-", "netout--")
+
+
+def is_tracked(name: str) -> bool:
+    """Whether ``name`` is an ASG chain (ours or a Go candidate) or a ``netout--`` chain."""
+    return name.startswith(TRACKED_PREFIXES)
+
+
+@dataclass(slots=True)
+class ChainInfo:
+    """What a tracked chain holds, as far as identification needs."""
+
+    digest: str | None = None
+    rules: int = 0
+    targets: tuple[str, ...] = ()
+
+    def add_target(self, name: str) -> None:
+        if name not in self.targets:
+            self.targets = (*self.targets, name)
+
+
+@dataclass
+class SavedTable:
+    """One family's filter table: every chain name, tracked chains' details, references."""
+
+    chains: set[str] = field(default_factory=set)
+    info: dict[str, ChainInfo] = field(default_factory=dict)
+    referrers: dict[str, set[str]] = field(default_factory=dict)
+
+
+def jump_target(line: str) -> str | None:
+    """The chain or target a save-format rule line jumps or goes to (the last ``-j``/``-g``)."""
+    at = max(line.rfind(" -j "), line.rfind(" -g "))
+    if at < 0:
+        return None
+    start = at + 4
+    end = line.find(" ", start)
+    return line[start:] if end < 0 else line[start:end]
+
+
+def parse_save(lines: Iterable[str]) -> SavedTable:
+    """Parse the ``*filter`` section of ``iptables-save`` output (other tables are ignored)."""
+    table = SavedTable()
+    chains, info, referrers = table.chains, table.info, table.referrers
+    inside = False
+    for raw in lines:
+        if not inside:
+            inside = raw.startswith("*filter")
+            continue
+        line = raw.rstrip("\n")
+        if line.startswith("-A "):
+            end = line.find(" ", 3)
+            chain = line[3:end] if end > 0 else line[3:]
+            target = jump_target(line)
+            tracked = info.get(chain)
+            if tracked is not None:
+                tracked.rules += 1
+                if tracked.rules == 1:
+                    found = HASH_RE.search(line)
+                    tracked.digest = found.group(1) if found else None
+                if target is not None and target.startswith(TRACKED_PREFIXES):
+                    tracked.add_target(target)
+            if target is not None and target.startswith(TRACKED_PREFIXES):
+                referrers.setdefault(target, set()).add(chain)
+        elif line.startswith(":"):
+            name = line[1 : line.index(" ")] if " " in line else line[1:]
+            chains.add(name)
+            if name.startswith(TRACKED_PREFIXES):
+                info[name] = ChainInfo()
+        elif line.startswith("COMMIT"):
+            break
+    return table

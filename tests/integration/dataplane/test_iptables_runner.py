@@ -1,0 +1,97 @@
+"""The runner against real iptables (legacy and nft): reads, refusals with context, the lock."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dynamic_asgs.errors import IptablesError, LockTimeout, RestoreError
+from dynamic_asgs.filelock import locked
+from dynamic_asgs.iptables.runner import IptablesRunner, commands_for
+from support.env import BACKENDS, require_backend
+from support.netns import netns
+
+
+@pytest.fixture(params=BACKENDS)
+def ns(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    require_backend(request.param)
+    with netns("run") as name:
+        yield name, request.param
+
+
+def runner(ns: tuple[str, str], tmp_path: Path, version: int = 4, **kw: float) -> IptablesRunner:
+    restore, save = commands_for(version, ns[1])
+    return IptablesRunner(version=version, restore_cmd=restore, save_cmd=save, lock_file=tmp_path / "lock",
+                          prefix=("ip", "netns", "exec", ns[0]), **kw)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_restore_then_save_reads_back_names_hashes_and_references(ns: tuple[str, str], tmp_path: Path,
+                                                                  version: int) -> None:
+    r = runner(ns, tmp_path, version)
+    stats = r.restore(["*filter", ":netout--h - [0:0]", ":asg-h - [0:0]",
+                       "-A asg-h -m comment --comment dasg:0123456789abcdef -j ACCEPT",
+                       "-A netout--h -m comment --comment dasg:0123456789abcdef -j asg-h",
+                       "-A netout--h -j DROP", "-A FORWARD -j netout--h", "COMMIT"])
+    assert stats.lines == 8
+    table = r.save()
+    assert {"INPUT", "FORWARD", "OUTPUT", "netout--h", "asg-h"} <= table.chains
+    assert table.info["asg-h"].digest == table.info["netout--h"].digest == "0123456789abcdef"
+    assert table.info["netout--h"].rules == 2 and table.info["netout--h"].targets == ("asg-h",)
+    assert table.referrers == {"asg-h": {"netout--h"}, "netout--h": {"FORWARD"}}
+
+
+def test_a_refused_payload_names_the_line_and_shows_its_neighbours(ns: tuple[str, str], tmp_path: Path) -> None:
+    r = runner(ns, tmp_path)
+    payload = ["*filter", ":asg-h - [0:0]", "-A asg-h -j ACCEPT", "-A asg-h -m nosuchmatch -j ACCEPT",
+               "-A asg-h -j DROP", "COMMIT"]
+    with pytest.raises(RestoreError) as err:
+        r.restore(payload)
+    assert err.value.line == 4 and "nosuchmatch" in str(err.value) and "at line 4" in str(err.value)
+    assert ">     4: -A asg-h -m nosuchmatch -j ACCEPT" in err.value.context
+    assert "      3: -A asg-h -j ACCEPT" in err.value.context
+    assert "asg-h" not in r.save().chains  # atomic: nothing of it applied
+
+
+def test_flushing_a_missing_parent_is_refused_not_created(ns: tuple[str, str], tmp_path: Path) -> None:
+    r = runner(ns, tmp_path)
+    with pytest.raises(RestoreError) as err:
+        r.restore(["*filter", "-F netout--missing", "COMMIT"])
+    assert err.value.line == 2
+    assert "netout--missing" not in r.save().chains
+
+
+def test_a_held_lock_times_out(ns: tuple[str, str], tmp_path: Path) -> None:
+    r = runner(ns, tmp_path, lock_timeout=0.3)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with locked(tmp_path / "lock", timeout=5):
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        held.wait(5)
+        with pytest.raises(LockTimeout):
+            r.restore(["*filter", ":asg-h - [0:0]", "COMMIT"])
+        with pytest.raises(LockTimeout):
+            r.save()
+    finally:
+        release.set()
+        holder.join()
+    r.restore(["*filter", ":asg-h - [0:0]", "COMMIT"])
+    assert "asg-h" in r.save().chains
+
+
+def test_a_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
+    r = IptablesRunner(version=4, restore_cmd="/nonexistent/iptables-restore", save_cmd="/nonexistent/iptables-save",
+                       lock_file=tmp_path / "lock")
+    with pytest.raises(IptablesError, match="/nonexistent/iptables-restore: cannot run"):
+        r.restore(["*filter", "COMMIT"])
+    with pytest.raises(IptablesError, match="/nonexistent/iptables-save: cannot run"):
+        r.save()
