@@ -1,0 +1,195 @@
+"""The internal security-groups API (Starlette on uvicorn): ``/networking/v1/internal/security_groups``.
+
+Contract (DESIGN.md §3.3; OpenAPI document: ``docs/policy-server-internal-api.yaml``):
+
+* ``GET`` with ``space_guids``/``from``/``limit`` answers ``{"next", "security_groups"}`` from
+  the worker's in-memory dataset (see :mod:`.dataset`); ``POST`` takes the same as a JSON
+  body for long space lists. Bad parameters get 400 with ``{"error": ...}``; before the
+  first dataset is loaded the answer is 503.
+* Every answer carries ``ETag`` and ``X-Dataset-Version`` (the version it was computed
+  from, so agents can report what they enforce). ``If-None-Match`` with the current ETag
+  gets 304.
+* **Blocking queries**: with ``If-None-Match`` and ``wait=S`` (at most 60), a request whose
+  answer is unchanged is held until the dataset version changes *and* its answer differs
+  (200), or until ``S`` seconds pass (304). Waiting costs one coroutine, not a thread, so a
+  worker holds thousands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from prometheus_client import Gauge, Histogram
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dynamic_asgs.lager import Logger
+from dynamic_asgs.policy.dataset import Dataset
+from dynamic_asgs.policy.db import create_engine
+from dynamic_asgs.policy.holder import DatasetHolder, HolderMetrics
+from dynamic_asgs.policy.query import Query, QueryError, parse_get, parse_post
+from dynamic_asgs.policy.settings import load_settings
+from dynamic_asgs.policy.store import PolicyStore
+
+__all__ = ["CONFIG_ENV", "ROUTE", "ApiMetrics", "bridge_logging", "build_app", "create_app"]
+
+ROUTE = "/networking/v1/internal/security_groups"
+#: Environment variable naming the config file (set by the server process for its workers).
+CONFIG_ENV = "DASG_POLICY_SERVER_CONFIG"
+VERSION_HEADER = "X-Dataset-Version"
+_MAX_BODY = 8 << 20
+
+
+class ApiMetrics:
+    """Request metrics; Go's ``InternalSecurityGroupsRequestTime`` as a histogram (its count is the request count)."""
+
+    def __init__(self) -> None:
+        self.requests = Histogram(
+            "internal_security_groups_request_seconds", "Time to answer the internal security groups API",
+            ["method", "status", "blocking"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                                        2.5, 5, 10, 30, 60))
+        self.waiting = Gauge("internal_security_groups_waiting_requests", "Blocking queries being held",
+                             multiprocess_mode="livesum")
+
+
+def _error(status: int, message: str) -> Response:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _matches(header: str, etag: str) -> bool:
+    candidates = [c.strip() for c in header.split(",")]
+    return any(c == "*" or c.removeprefix("W/") == etag for c in candidates)
+
+
+async def _read_body(request: Request) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > _MAX_BODY:
+            raise QueryError(f"body: larger than {_MAX_BODY >> 20} MiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _Endpoint:
+    def __init__(self, holder: DatasetHolder, metrics: ApiMetrics) -> None:
+        self.holder = holder
+        self.metrics = metrics
+
+    async def handle(self, request: Request) -> Response:
+        start = time.monotonic()
+        response, blocking = await self._respond(request)
+        self.metrics.requests.labels(method=request.method, status=str(response.status_code),
+                                     blocking=str(blocking).lower()).observe(time.monotonic() - start)
+        return response
+
+    async def _respond(self, request: Request) -> tuple[Response, bool]:
+        params = request.query_params.multi_items()
+        try:
+            query = parse_post(await _read_body(request), params) if request.method == "POST" else parse_get(params)
+        except QueryError as exc:
+            return _error(400, str(exc)), False
+        dataset, changed = self.holder.dataset, self.holder.changed
+        if dataset is None:
+            return _error(503, "the policy server has not loaded its dataset yet"), False
+        condition = request.headers.get("if-none-match")
+        if condition is None:
+            return self._ok(dataset, query), False
+        etag = dataset.etag(query.spaces, start=query.start, limit=query.limit)
+        if not _matches(condition, etag):
+            return self._ok(dataset, query), False
+        if query.wait <= 0:
+            return self._not_modified(dataset, etag), False
+        return await self._hold(query, condition, dataset, changed), True
+
+    async def _hold(self, query: Query, condition: str, dataset: Dataset, changed: asyncio.Event) -> Response:
+        """Wait for a dataset version whose answer differs from ``condition`` (no body is kept meanwhile)."""
+        deadline = time.monotonic() + query.wait
+        self.metrics.waiting.inc()
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    await asyncio.wait_for(changed.wait(), remaining)
+                except TimeoutError:
+                    break
+                dataset, changed = self.holder.dataset or dataset, self.holder.changed
+                if not _matches(condition, dataset.etag(query.spaces, start=query.start, limit=query.limit)):
+                    return self._ok(dataset, query)
+        finally:
+            self.metrics.waiting.dec()
+        return self._not_modified(dataset, dataset.etag(query.spaces, start=query.start, limit=query.limit))
+
+    @staticmethod
+    def _ok(dataset: Dataset, query: Query) -> Response:
+        answer = dataset.answer(query.spaces, start=query.start, limit=query.limit)
+        return Response(answer.body, media_type="application/json",
+                        headers={"ETag": answer.etag, VERSION_HEADER: str(dataset.version)})
+
+    @staticmethod
+    def _not_modified(dataset: Dataset, etag: str) -> Response:
+        return Response(status_code=304, headers={"ETag": etag, VERSION_HEADER: str(dataset.version)})
+
+
+class _LagerHandler(logging.Handler):
+    """uvicorn's log records as lager lines."""
+
+    def __init__(self, logger: Logger) -> None:
+        super().__init__(logging.INFO)
+        self.logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            message = f"{message}: {type(error).__name__}: {error}"
+        if record.levelno >= logging.WARNING:
+            self.logger.error("server-error", message, {"logger": record.name})
+        else:
+            self.logger.info("server-event", {"logger": record.name, "message": message})
+
+
+def bridge_logging(logger: Logger) -> None:
+    """Send uvicorn's log records (startup, worker restarts, unhandled errors) to ``logger``."""
+    target = logging.getLogger("uvicorn")
+    target.handlers = [_LagerHandler(logger)]
+    target.setLevel(logging.INFO)
+    target.propagate = False
+
+
+def build_app(holder: DatasetHolder, *, metrics: ApiMetrics, on_shutdown: Callable[[], Any] | None = None
+              ) -> Starlette:
+    """The ASGI app serving ``holder``'s dataset."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await holder.start()
+        try:
+            yield
+        finally:
+            await holder.stop()
+            if on_shutdown is not None:
+                on_shutdown()
+
+    endpoint = _Endpoint(holder, metrics)
+    return Starlette(routes=[Route(ROUTE, endpoint.handle, methods=["GET", "POST"])], lifespan=lifespan)
+
+
+def create_app() -> Starlette:
+    """uvicorn's app factory in each worker: settings from ``$DASG_POLICY_SERVER_CONFIG``."""
+    settings = load_settings(os.environ[CONFIG_ENV])
+    logger = Logger(f"{settings.log_prefix}.policy-server", level=settings.log_level).session(f"worker-{os.getpid()}")
+    engine = create_engine(settings.database, pool_size=settings.pool_size, max_overflow=0,
+                           pool_recycle=settings.connections_max_lifetime)
+    store = PolicyStore(engine)
+    bridge_logging(logger)
+    holder = DatasetHolder(version=store.version, snapshot=store.snapshot, interval=settings.check_interval,
+                           logger=logger, metrics=HolderMetrics())
+    return build_app(holder, metrics=ApiMetrics(), on_shutdown=engine.dispose)

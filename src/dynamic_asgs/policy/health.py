@@ -1,0 +1,80 @@
+"""The policy server's health endpoint: plain HTTP on 127.0.0.1:``health_check_port``.
+
+``GET /health`` (or ``/``) reads the dataset version from the policy DB: 200
+``{"healthy": true, "dataset_version": N}`` when the DB answers (which also proves the
+schema is migrated), 503 ``{"healthy": false, "error": ...}`` otherwise. It runs in the
+server's main process, beside the uvicorn workers, on loopback only (monit and the BOSH
+DNS health check call it locally).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from dynamic_asgs.errors import ConfigError, DynamicASGsError
+from dynamic_asgs.lager import Logger
+
+__all__ = ["HealthServer"]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    timeout = 10
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] not in ("/", "/health"):
+            self._send(404, {"error": "not found"})
+            return
+        try:
+            version = self.server.check()
+        except DynamicASGsError as exc:
+            self._send(503, {"healthy": False, "error": str(exc)})
+            return
+        self._send(200, {"healthy": True, "dataset_version": version})
+
+    def _send(self, status: int, doc: dict[str, Any]) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        self.server.log.debug("request", {"line": format % args})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port: int, check: Callable[[], int], log: Logger) -> None:
+        self.check = check
+        self.log = log
+        super().__init__(("127.0.0.1", port), _Handler)
+
+
+class HealthServer:
+    """Serves the health endpoint in a background thread."""
+
+    def __init__(self, port: int, check: Callable[[], int], log: Logger) -> None:
+        try:
+            self._server = _Server(port, check, log)
+        except OSError as exc:
+            raise ConfigError(f"health_check_port {port}: cannot listen: {exc.strerror or exc}") from exc
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,64 @@
+"""The policy DB's tables (SQLAlchemy Core), as the migrations create them.
+
+* ``security_groups`` (DESIGN.md §3.3): ``id`` (stable: a group keeps its row, updated in
+  place), ``guid`` (unique), ``name``, ``rules`` (CC's rules as a JSON array, text),
+  ``staging_default``, ``running_default``, ``staging_spaces``, ``running_spaces`` (JSON
+  arrays of space guids, sorted) and ``content_hash`` (sha256 of everything the API
+  returns for the row; the syncer writes a row only when it changes).
+* ``security_groups_info``: one row (id 1) holding the dataset ``version`` (bumped in the
+  same transaction as any change), when it changed, and the sync state: CC's
+  ``last_update`` of the stored data and when it was last confirmed.
+* ``leases``: named leases with a holder and an expiry in the DB's clock
+  (epoch seconds), for the one-active-syncer rule.
+
+The migrations in ``migrations/versions`` are the source of truth for the schema; this
+module mirrors them for queries (a test checks that both agree).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+__all__ = ["INFO_ID", "LongText", "info", "leases", "metadata", "security_groups"]
+
+#: JSON documents can exceed MySQL's 64 KiB TEXT (a rule may list 6000 destinations).
+LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+#: The id of the single row of ``security_groups_info``.
+INFO_ID = 1
+
+metadata = sa.MetaData()
+
+security_groups = sa.Table(
+    "security_groups",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("guid", sa.String(255), nullable=False, unique=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("rules", LongText, nullable=False),
+    sa.Column("staging_default", sa.Boolean(), nullable=False),
+    sa.Column("running_default", sa.Boolean(), nullable=False),
+    sa.Column("staging_spaces", LongText, nullable=False),
+    sa.Column("running_spaces", LongText, nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sqlite_autoincrement=True,  # never reuse the id of a deleted group
+)
+
+info = sa.Table(
+    "security_groups_info",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("version", sa.BigInteger(), nullable=False),
+    sa.Column("changed_at", sa.Double(), nullable=False),
+    sa.Column("cc_last_update", sa.String(64), nullable=True),
+    sa.Column("synced_at", sa.Double(), nullable=True),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("acquired_at", sa.Double(), nullable=False),
+    sa.Column("expires_at", sa.Double(), nullable=False),
+)

@@ -1,0 +1,29 @@
+"""Fixtures: a migrated policy DB on every backend (SQLite, PostgreSQL, MariaDB)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from dynamic_asgs.policy.db import DatabaseSettings, create_engine
+from dynamic_asgs.policy.migrate import upgrade
+from integration.control_plane.harness import BACKENDS, database
+
+
+@pytest.fixture(params=BACKENDS)
+def db_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseSettings]:
+    with database(request.param, tmp_path) as settings:
+        yield settings
+
+
+@pytest.fixture
+def engine(db_settings: DatabaseSettings) -> Iterator[Engine]:
+    engine = create_engine(db_settings)
+    upgrade(engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()

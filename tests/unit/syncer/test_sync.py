@@ -1,0 +1,104 @@
+"""One syncer poll against the CC stand-in and a real SQLite store."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dynamic_asgs.errors import LeaseLost, UpstreamError
+from dynamic_asgs.lager import Logger
+from dynamic_asgs.local.cc_stub.catalog import load_catalog
+from dynamic_asgs.policy.db import DatabaseSettings, create_engine
+from dynamic_asgs.policy.lease import Lease
+from dynamic_asgs.policy.migrate import upgrade
+from dynamic_asgs.policy.store import PolicyStore
+from dynamic_asgs.syncer.metrics import SyncerMetrics
+from dynamic_asgs.syncer.sync import Syncer
+from integration.control_plane.harness import InProcessStub, cc_client, example_groups, inprocess_stub
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> Iterator[tuple[InProcessStub, PolicyStore, Syncer, io.StringIO]]:
+    engine = create_engine(DatabaseSettings(type="sqlite", database_name=str(tmp_path / "p.db")))
+    upgrade(engine)
+    store = PolicyStore(engine)
+    log = io.StringIO()
+    with inprocess_stub(tmp_path, example_groups(5)) as stub:
+        syncer = Syncer(cc=cc_client(stub), store=store, fence=None, logger=Logger("s", stream=log),
+                        metrics=SyncerMetrics())
+        yield stub, store, syncer, log
+    engine.dispose()
+
+
+def cc_requests(stub: InProcessStub) -> int:
+    return int(stub.state.stats_snapshot()["cc_requests"])
+
+
+def set_groups(stub: InProcessStub, groups: list[dict[str, object]]) -> None:
+    stub.asgs.write_text(json.dumps({"security_groups": groups}))
+    stub.state.replace_catalog(load_catalog(stub.asgs, base_url=stub.url))
+
+
+def test_first_poll_stores_everything(parts: tuple[InProcessStub, PolicyStore, Syncer, io.StringIO]) -> None:
+    _stub, store, syncer, log = parts
+    result = syncer.poll()
+    assert result.outcome == "changed" and result.result is not None and result.result.inserted == 5
+    assert [g.row.name for g in store.snapshot().groups] == [f"asg-{i:03d}" for i in range(5)]
+    summary = json.loads(log.getvalue().splitlines()[-1])
+    assert summary["message"] == "s.sync-complete" and summary["data"]["inserted"] == 5
+
+
+def test_an_unchanged_poll_is_one_request_and_no_write(parts: tuple[InProcessStub, PolicyStore, Syncer,
+                                                                     io.StringIO]) -> None:
+    stub, store, syncer, _ = parts
+    syncer.poll()
+    state = store.state()
+    before = cc_requests(stub)
+    assert syncer.poll().outcome == "unchanged"
+    assert cc_requests(stub) - before == 1
+    assert store.state() == state  # not even the sync time was written
+
+
+def test_a_touch_without_changes_lists_but_writes_no_rows(parts: tuple[InProcessStub, PolicyStore, Syncer,
+                                                                        io.StringIO]) -> None:
+    stub, store, syncer, _ = parts
+    syncer.poll()
+    stub.state.bump()
+    result = syncer.poll()
+    assert result.outcome == "no_changes" and store.state().version == 1
+    assert store.state().cc_last_update == result.last_update
+
+
+def test_an_edit_is_written(parts: tuple[InProcessStub, PolicyStore, Syncer, io.StringIO]) -> None:
+    stub, _store, syncer, _ = parts
+    syncer.poll()
+    groups = example_groups(5)
+    groups[1]["rules"] = []
+    set_groups(stub, groups[:4])
+    result = syncer.poll().result
+    assert result is not None and (result.updated, result.deleted, result.version) == (1, 1, 2)
+
+
+def test_a_failed_listing_writes_nothing(parts: tuple[InProcessStub, PolicyStore, Syncer, io.StringIO]) -> None:
+    stub, store, syncer, _ = parts
+    syncer.poll()
+    set_groups(stub, example_groups(2))
+    stub.state.set_faults({"malformed_next": 1, "paths": ["/v3/"]})
+    with pytest.raises(UpstreamError):
+        syncer.poll()
+    assert len(store.snapshot().groups) == 5 and store.state().version == 1
+    assert syncer.poll().outcome == "changed" and len(store.snapshot().groups) == 2
+
+
+def test_without_the_lease_nothing_is_written(parts: tuple[InProcessStub, PolicyStore, Syncer,
+                                                            io.StringIO]) -> None:
+    _stub, store, syncer, _ = parts
+    Lease(store.engine, holder="other", ttl=60).acquire()
+    syncer.fence = Lease(store.engine, holder="me", ttl=60).fence
+    with pytest.raises(LeaseLost):
+        syncer.poll()
+    assert store.snapshot().groups == [] and store.state().cc_last_update is None
