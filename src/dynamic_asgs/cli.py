@@ -19,11 +19,14 @@ __all__ = ["COMMANDS", "main"]
 
 #: name -> (module providing add_arguments/run, or None while not built yet; help text)
 COMMANDS: dict[str, tuple[str | None, str]] = {
-    "policy-server": (None, "daemon: serve the internal security-groups API to cells (mTLS)"),
-    "policy-server-asg-syncer": (None, "daemon: copy Cloud Controller's ASGs into the policy DB"),
-    "vxlan-policy-agent": (None, "daemon (one per cell): enforce ASGs on running containers"),
-    "netmon": (None, "daemon (one per cell): iptables rule counts and overlay metrics"),
+    "policy-server": ("dynamic_asgs.policy.command",
+                      "daemon: serve the internal security-groups API to cells (mTLS)"),
+    "policy-server-asg-syncer": ("dynamic_asgs.syncer.command",
+                                 "daemon: copy Cloud Controller's ASGs into the policy DB"),
+    "vxlan-policy-agent": ("dynamic_asgs.agent.command", "daemon (one per cell): enforce ASGs on running containers"),
+    "netmon": ("dynamic_asgs.netmon.command", "daemon (one per cell): iptables rule counts and overlay metrics"),
     "translate": ("dynamic_asgs.tools.translate", "tool: print the iptables chains a container gets"),
+    "cc-stub": ("dynamic_asgs.local.cc_stub.command", "local: Cloud Controller + UAA stand-in (tests, local env)"),
 }
 
 

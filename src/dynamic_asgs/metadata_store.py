@@ -137,6 +137,11 @@ class StoreView:
         self.errors = 0
         self._signature: Signature | None = None
 
+    @property
+    def signature(self) -> Signature | None:
+        """The store signature the view was last read at (None before the first read)."""
+        return self._signature
+
     def refresh(self) -> bool:
         """Re-read the store if it changed; return whether the view changed.
 

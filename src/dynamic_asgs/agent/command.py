@@ -1,0 +1,148 @@
+"""``dynamic-asgs vxlan-policy-agent --config-file F``: the cell daemon (composition root).
+
+The loop runs a full cycle at start, then whenever the poll interval elapses, the
+container store changes (a new or removed container), a blocking query reports an
+ASG change, or an operator forces one. The CNI's force calls run in the force
+server's threads, serialised with cycles by the converger's lock. With
+``enable_asg_syncing: false`` the agent touches no iptables at all and the force
+endpoints answer 405 (the CNI then installs static rules). SIGTERM/SIGINT stop it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+from types import FrameType
+
+from dynamic_asgs.agent.converger import Converger
+from dynamic_asgs.agent.dataplane import Dataplane
+from dynamic_asgs.agent.endpoints import LocalServer, debug_server, force_server
+from dynamic_asgs.agent.metrics import AgentMetrics
+from dynamic_asgs.agent.settings import AgentSettings, load_settings
+from dynamic_asgs.agent.watcher import PolicyWatcher
+from dynamic_asgs.iptables.runner import IptablesRunner
+from dynamic_asgs.lager import Logger
+from dynamic_asgs.metadata_store import MetadataStore, StoreView
+from dynamic_asgs.metrics import serve_metrics
+from dynamic_asgs.policy.client import PolicyClient
+
+__all__ = ["add_arguments", "run"]
+
+_RESYNC_SECONDS = 600.0  # re-read the kernel now and then to catch outside edits
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config-file", required=True, help="path to vxlan-policy-agent.json")
+
+
+def _client(s: AgentSettings) -> PolicyClient:
+    return PolicyClient(s.policy_server_url, ca_file=s.ca_cert_file, cert_file=s.client_cert_file,
+                        key_file=s.client_key_file, timeout=s.client_timeout)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _disabled(s: AgentSettings, log: Logger, stop: threading.Event) -> int:
+    log.info("asg-syncing-disabled", {"effect": "no iptables changes; force endpoints answer 405"})
+    servers = [
+        force_server(host=s.force_host, port=s.force_port, enabled=False, sync_container=lambda h: None,
+                     cleanup_container=lambda h: None, logger=log).start(),
+        debug_server(host=s.debug_host, port=s.debug_port, logger=log,
+                     status=lambda: {"enable_asg_syncing": False}).start(),
+    ]
+    stop.wait()
+    for server in servers:
+        server.stop()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the agent until SIGTERM/SIGINT; exit 2 on invalid configuration."""
+    s = load_settings(args.config_file)
+    log = Logger(s.source, level=s.log_level)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    metrics = AgentMetrics()
+    exporter = serve_metrics(s.metrics_port, metrics.registry)
+    log.info("starting", {"policy_server_url": s.policy_server_url, "asg_poll_interval": s.poll_interval,
+                          "enable_asg_syncing": s.enable_asg_syncing, "blocking_wait": s.blocking_wait,
+                          "ipv6": s.enable_ipv6, "datastore": str(s.store_path)})
+    try:
+        if not s.enable_asg_syncing:
+            return _disabled(s, log, stop)
+        return _serve(s, log, stop, metrics)
+    finally:
+        if exporter is not None:
+            exporter.stop()
+        log.info("stopped")
+
+
+def _serve(s: AgentSettings, log: Logger, stop: threading.Event, metrics: AgentMetrics) -> int:
+    versions = (4, 6) if s.enable_ipv6 else (4,)
+    runners = {v: IptablesRunner(version=v, restore_cmd=s.commands[v][0], save_cmd=s.commands[v][1],
+                                 lock_file=s.lock_file, lock_timeout=s.lock_timeout) for v in versions}
+    emitter = None
+    if s.loggregator is not None:
+        from dynamic_asgs.agent.loggregator import AppLogEmitter
+
+        lg = s.loggregator
+        emitter = AppLogEmitter(address=lg.address, ca_file=lg.ca_file, cert_file=lg.cert_file,
+                                key_file=lg.key_file, logger=log)
+    client, watch_client = _client(s), _client(s)
+    converger = Converger(view=StoreView(MetadataStore(s.store_path), log), policy=client,
+                          dataplane=Dataplane(runners=runners, logger=log), settings=s.chains, logger=log,
+                          metrics=metrics, emitter=emitter)
+    wake = threading.Event()
+    servers: list[LocalServer] = [
+        force_server(host=s.force_host, port=s.force_port, enabled=True, sync_container=converger.sync_container,
+                     cleanup_container=converger.cleanup_container, logger=log).start(),
+        debug_server(host=s.debug_host, port=s.debug_port, logger=log, status=converger.status).start(),
+    ]
+    watcher = None
+    if s.blocking_wait > 0:
+        watcher = PolicyWatcher(policy=watch_client, converger=converger, wait=s.blocking_wait,
+                                on_change=wake.set, logger=log).start()
+    try:
+        _loop(s, converger, stop, wake)
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        for server in servers:
+            server.stop()
+        if emitter is not None:
+            emitter.close()
+        client.close()
+        watch_client.close()
+    return 0
+
+
+def _loop(s: AgentSettings, converger: Converger, stop: threading.Event, wake: threading.Event) -> None:
+    next_poll = next_resync = time.monotonic()
+    kind = "full"
+    while not stop.is_set():
+        now = time.monotonic()
+        if now >= next_resync:
+            converger.invalidate_kernel()
+            next_resync = now + _RESYNC_SECONDS
+        converger.cycle(kind)
+        next_poll = time.monotonic() + s.poll_interval
+        while not stop.is_set():
+            if wake.is_set():
+                wake.clear()
+                kind = "policy-change"
+                break
+            if time.monotonic() >= next_poll:
+                kind = "full"
+                break
+            if converger.store_changed():
+                kind = "store-change"
+                break
+            stop.wait(min(s.store_check_interval, max(0.0, next_poll - time.monotonic())))

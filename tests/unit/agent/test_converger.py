@@ -1,0 +1,255 @@
+"""The converger against the fake iptables: cycles, force calls, faults, bookkeeping."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dynamic_asgs.agent.converger import APP_MESSAGE, Converger
+from dynamic_asgs.agent.dataplane import Dataplane
+from dynamic_asgs.agent.metrics import AgentMetrics
+from dynamic_asgs.asg.model import Container
+from dynamic_asgs.asg.parse import parse_groups_document
+from dynamic_asgs.asg.translate import ChainSettings
+from dynamic_asgs.errors import UpstreamError
+from dynamic_asgs.iptables.fake import FakeRunner
+from dynamic_asgs.lager import Logger
+from dynamic_asgs.metadata_store import MetadataStore, StoreView
+from dynamic_asgs.policy.client import Result
+from support.plans import log_events
+
+
+class Policy:
+    """A policy server answering from a dict of space -> rules (what the real client returns)."""
+
+    def __init__(self) -> None:
+        self.rules: dict[str, list[dict[str, Any]]] = {}
+        self.version = 1
+        self.down = False
+        self.calls: list[tuple[frozenset[str], str | None]] = []
+
+    def set(self, space: str, *rules: dict[str, Any]) -> None:
+        self.rules[space] = list(rules)
+        self.version += 1
+
+    def fetch(self, space_guids: Iterable[str], *, etag: str | None = None, wait: float | None = None) -> Result:
+        spaces = frozenset(space_guids)
+        self.calls.append((spaces, etag))
+        if self.down:
+            raise UpstreamError("policy server: connection refused")
+        tag = f'"{self.version}-{sorted(spaces)}"'
+        if etag == tag:
+            return Result(etag=tag, dataset_version=self.version, not_modified=True)
+        doc = {"security_groups": [
+            {"guid": f"sg-{s}", "name": f"sg-{s}", "rules": json.dumps(r), "running_space_guids": [s]}
+            for s, r in sorted(self.rules.items()) if s in spaces]}
+        return Result(groups=parse_groups_document(doc), etag=tag, dataset_version=self.version)
+
+
+class Emitter:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def emit(self, container: Container, message: str) -> None:
+        self.sent.append((container.handle, message))
+
+
+def tcp(dst: str, port: str) -> dict[str, Any]:
+    return {"protocol": "tcp", "destination": dst, "ports": port}
+
+
+class Cell:
+    def __init__(self, tmp: Path) -> None:
+        self.store = MetadataStore(tmp / "store.json")
+        self.runner = FakeRunner(4, record=True)
+        self.policy = Policy()
+        self.emitter = Emitter()
+        self.log = io.StringIO()
+        logger = Logger("agent", stream=self.log, level="debug")
+        self.metrics = AgentMetrics()
+        self.converger = Converger(view=StoreView(self.store, logger), policy=self.policy,
+                                   dataplane=Dataplane(runners={4: self.runner}, logger=logger),
+                                   settings=ChainSettings(), logger=logger, metrics=self.metrics,
+                                   emitter=self.emitter)
+
+    def add(self, handle: str, space: str, *, parent: bool = True) -> None:
+        if parent:  # as the CNI does before it records the container
+            self.runner.table.create_chain(f"netout--{handle}", ["-j REJECT --reject-with icmp-port-unreachable"])
+        self.store.add(handle, "10.255.0.2", {"policy_group_id": f"app-{handle}", "space_id": space,
+                                              "container_workload": "app"})
+
+    def remove(self, handle: str) -> None:
+        self.store.delete(handle)
+        self.runner.table.delete_chain(f"netout--{handle}")
+
+    def accepts(self, handle: str) -> list[str]:
+        return [r for r in self.runner.table.rules(f"asg-{handle}") if "--dst-range" in r]
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels or None)
+
+
+@pytest.fixture
+def cell(tmp_path: Path) -> Cell:
+    return Cell(tmp_path)
+
+
+def test_a_cycle_enforces_every_container_and_a_repeat_writes_nothing(cell: Cell) -> None:
+    cell.policy.set("s1", tcp("10.0.0.1", "80"))
+    cell.policy.set("s2", tcp("10.0.0.2", "443"), tcp("10.0.0.3", "443"))
+    cell.add("a", "s1")
+    cell.add("b", "s2")
+    report = cell.converger.cycle()
+    assert report is not None and report.changed == ("a", "b")
+    assert len(cell.accepts("a")) == 1 and len(cell.accepts("b")) == 2
+    assert cell.runner.table.rules("netout--a")[0].endswith("-j asg-a")
+    assert sorted(cell.emitter.sent) == [("a", APP_MESSAGE), ("b", APP_MESSAGE)]
+    updated = log_events(cell.log, "container-rules-updated")
+    assert {(e["handle"], e["new_rules"], e["space_guid"]) for e in updated} == {("a", 1, "s1"), ("b", 2, "s2")}
+
+    commits = cell.runner.commits
+    report = cell.converger.cycle()
+    assert report is not None and report.changed == () and cell.runner.commits == commits
+    assert cell.policy.calls[-1][1] is not None  # asked with If-None-Match
+    status = cell.converger.status()
+    assert status["dataset_version"] == cell.policy.version
+    assert status["totals"] == {"containers": 2, "rules": 3, "lagging": 0, "store_entries": 2,
+                                "invalid_store_entries": 0}
+    assert status["containers"]["b"]["rule_count"] == 2 and status["containers"]["b"]["app_guid"] == "app-b"
+
+
+def test_an_asg_change_rewrites_only_the_affected_container(cell: Cell) -> None:
+    cell.policy.set("s1", tcp("10.0.0.1", "80"))
+    cell.policy.set("s2", tcp("10.0.0.2", "443"))
+    cell.add("a", "s1")
+    cell.add("b", "s2")
+    cell.converger.cycle()
+    cell.emitter.sent.clear()
+    cell.policy.set("s1", tcp("10.0.0.9", "8080"))
+    report = cell.converger.cycle()
+    assert report is not None and report.changed == ("a",)
+    assert "10.0.0.9-10.0.0.9" in cell.accepts("a")[0]
+    assert cell.emitter.sent == [("a", APP_MESSAGE)]
+    (event,) = [e for e in log_events(cell.log, "container-rules-updated") if e["dataset_version"] == 4]
+    assert (event["old_rules"], event["new_rules"]) == (1, 1)
+    assert cell.metric("asg_container_updates_total") == 3
+
+
+def test_policy_server_down_keeps_the_current_rules(cell: Cell) -> None:
+    cell.policy.set("s1", tcp("10.0.0.1", "80"))
+    cell.add("a", "s1")
+    cell.converger.cycle()
+    before = cell.runner.table.rules("asg-a")
+    cell.policy.down = True
+    assert cell.converger.cycle() is not None  # planned from the cached groups
+    cell.add("b", "s9")  # a new space the cache does not cover
+    cell.converger.cycle()
+    assert cell.runner.table.rules("asg-a") == before
+    assert not cell.runner.table.exists("asg-b")  # unknown ASGs: not planned, nothing swept either
+    assert len(log_events(cell.log, "policy-server-unavailable-keeping-rules")) == 1
+    assert cell.converger.status()["policy_server"]["error"] == "policy server: connection refused"
+    assert cell.metric("asg_policy_server_errors_total") == 2
+    cell.policy.down = False
+    cell.policy.set("s9", tcp("10.9.9.9", "9"))
+    cell.converger.cycle()
+    assert cell.accepts("b") and log_events(cell.log, "policy-server-recovered")
+
+
+def test_policy_server_down_from_the_start_touches_nothing(cell: Cell) -> None:
+    cell.policy.down = True
+    cell.add("a", "s1")
+    assert cell.converger.cycle() is None
+    assert cell.runner.restores == 0
+    assert cell.converger.last_cycle["error"] == "policy server: connection refused"
+    assert cell.metric("asg_cycles_total", kind="full", result="error") == 1
+
+
+def test_forced_sync_writes_only_that_container(cell: Cell) -> None:
+    cell.policy.set("s1", tcp("10.0.0.1", "80"))
+    cell.add("a", "s1")
+    cell.converger.cycle()
+    cell.policy.set("s2", tcp("10.0.0.2", "443"))
+    cell.add("b", "s2")
+    cell.runner.payloads.clear()
+    cell.converger.sync_container("b")
+    assert cell.accepts("b")
+    (payload,) = cell.runner.payloads
+    assert all("asg-a" not in line and "netout--a" not in line for line in payload)
+    assert (frozenset({"s1", "s2"}), None) in cell.policy.calls  # fetched for the new space
+
+
+def test_forced_sync_failures_carry_the_reason(cell: Cell) -> None:
+    cell.policy.set("s1", tcp("10.0.0.1", "80"))
+    with pytest.raises(LookupError, match="container ghost is not in the container metadata store"):
+        cell.converger.sync_container("ghost")
+    cell.add("a", "s1", parent=False)
+    with pytest.raises(RuntimeError, match=r"IPv4: .*netout--a"):
+        cell.converger.sync_container("a")
+    cell.policy.down = True
+    cell.add("c", "s3")
+    with pytest.raises(UpstreamError):
+        cell.converger.sync_container("c")
+
+
+def test_cleanup_removes_chains_of_deleted_containers(cell: Cell) -> None:
+    cell.policy.set("s1", tcp("10.0.0.1", "80"))
+    cell.add("a", "s1")
+    cell.add("b", "s1")
+    cell.converger.cycle()
+    cell.store.delete("b")  # the CNI's DEL: store entry first, then the agent's cleanup
+    cell.converger.cleanup_container("b")
+    assert not cell.runner.table.exists("asg-b") and cell.runner.table.exists("asg-a")
+    assert cell.runner.table.rules("netout--b") == ["-A netout--b -j REJECT --reject-with icmp-port-unreachable"]
+    assert set(cell.converger.status()["containers"]) == {"a"}
+
+
+def test_removed_container_chains_go_in_the_next_cycle(cell: Cell) -> None:
+    cell.policy.set("s1", tcp("10.0.0.1", "80"))
+    cell.add("a", "s1")
+    cell.add("b", "s1")
+    cell.converger.cycle()
+    cell.remove("b")
+    cell.converger.cycle()
+    assert not cell.runner.table.exists("asg-b")
+
+
+def test_corrupt_store_keeps_enforcing(cell: Cell) -> None:
+    cell.policy.set("s1", tcp("10.0.0.1", "80"))
+    cell.add("a", "s1")
+    cell.converger.cycle()
+    cell.store.path.write_text("{torn")
+    assert cell.converger.store_changed()
+    report = cell.converger.cycle()
+    assert report is not None and report.changed == () and cell.runner.table.exists("asg-a")
+    assert cell.metric("asg_store_errors_total") == 1
+
+
+def test_invalid_rules_are_dropped_logged_once_and_counted(cell: Cell) -> None:
+    cell.policy.set("s1", tcp("10.0.0.1", "80"), tcp("10.0.0.999", "80"))
+    cell.add("a", "s1")
+    cell.converger.cycle()
+    cell.policy.version += 1  # same content, new version: logged errors are not repeated
+    cell.converger.cycle()
+    assert len(cell.accepts("a")) == 1
+    (dropped,) = log_events(cell.log, "rule-dropped-invalid")
+    assert "rules[1]: destination: '10.0.0.999' is not an IP address" in dropped["error"]
+    assert cell.metric("asg_invalid_rules") == 1
+
+
+def test_dataset_version_per_container_and_latency(cell: Cell) -> None:
+    cell.policy.set("s1", tcp("10.0.0.1", "80"))
+    cell.add("a", "s1")
+    cell.converger.cycle()
+    first = cell.converger.status()["containers"]["a"]
+    assert first["dataset_version"] == cell.policy.version
+    cell.policy.set("s2", tcp("10.0.0.2", "80"))  # unrelated change: a's rules stay, its version moves on
+    cell.converger.cycle()
+    second = cell.converger.status()["containers"]["a"]
+    assert second["dataset_version"] == cell.policy.version and second["ruleset"] == first["ruleset"]
+    assert cell.metric("asg_containers_lagging") == 0
+    assert cell.metric("asg_sync_latency_seconds_count") == 1  # the start version is not a change we saw
