@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dynamic_asgs.policy.db import DatabaseSettings
-from integration.control_plane.harness import BACKENDS, database
+from support.daemons import BACKENDS, database
 
 
 @pytest.fixture(params=BACKENDS)

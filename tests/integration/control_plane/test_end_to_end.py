@@ -9,7 +9,7 @@ from typing import Any
 from dynamic_asgs.policy.client import PolicyClient
 from dynamic_asgs.policy.db import DatabaseSettings, create_engine
 from dynamic_asgs.policy.store import PolicyStore
-from integration.control_plane.harness import (
+from support.daemons import (
     PolicyServer,
     database_config,
     start_cc_stub,

@@ -10,7 +10,7 @@ import requests
 
 from dynamic_asgs.policy.db import DatabaseSettings, create_engine
 from dynamic_asgs.policy.store import PolicyStore
-from integration.control_plane.harness import (
+from support.daemons import (
     CCStub,
     Daemon,
     database_config,

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from dynamic_asgs.policy.db import DatabaseSettings, create_engine
 from dynamic_asgs.policy.migrate import upgrade
 from dynamic_asgs.policy.store import GroupRow, PolicyStore
-from integration.control_plane.harness import (
+from support.daemons import (
     PolicyServer,
     database,
     database_config,

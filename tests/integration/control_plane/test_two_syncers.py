@@ -8,7 +8,7 @@ from pathlib import Path
 from dynamic_asgs.policy.db import DatabaseSettings, create_engine
 from dynamic_asgs.policy.lease import Lease
 from dynamic_asgs.policy.store import PolicyStore
-from integration.control_plane.harness import (
+from support.daemons import (
     Daemon,
     database_config,
     example_groups,

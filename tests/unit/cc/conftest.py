@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.control_plane.harness import InProcessStub, example_groups, inprocess_stub
+from support.daemons import InProcessStub, example_groups, inprocess_stub
 
 
 @pytest.fixture

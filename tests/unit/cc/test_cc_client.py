@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dynamic_asgs.cc.client import normalize_timestamp
 from dynamic_asgs.errors import UnstableListing, UpstreamError
-from integration.control_plane.harness import InProcessStub, cc_client
+from support.daemons import InProcessStub, cc_client
 
 LATEST = "/internal/v4/asg_latest_update"
 GROUPS = "/v3/security_groups"

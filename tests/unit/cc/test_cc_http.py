@@ -7,7 +7,7 @@ import pytest
 from dynamic_asgs.cc.http import JsonHttp, RetryPolicy, Timeouts, validator
 from dynamic_asgs.errors import UpstreamError
 from dynamic_asgs.tls import client_context, session_for
-from integration.control_plane.harness import InProcessStub, stub_http
+from support.daemons import InProcessStub, stub_http
 
 LATEST = "/internal/v4/asg_latest_update"
 SCHEMA = validator({"type": "object", "required": ["last_update"], "properties": {"last_update": {"type": "string"}}})

@@ -17,7 +17,7 @@ from dynamic_asgs.errors import InputError
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.local.cc_stub.catalog import load_catalog
 from dynamic_asgs.local.cc_stub.server import FileWatcher
-from integration.control_plane.harness import InProcessStub, inprocess_stub, wait_for
+from support.daemons import InProcessStub, inprocess_stub, wait_for
 
 GROUPS = [
     {"name": "dns", "globally_enabled": {"running": True, "staging": True},

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 
 from dynamic_asgs.policy.db import DatabaseSettings, create_engine
 from dynamic_asgs.policy.migrate import upgrade
-from integration.control_plane.harness import BACKENDS, database
+from support.daemons import BACKENDS, database
 
 
 @pytest.fixture(params=BACKENDS)

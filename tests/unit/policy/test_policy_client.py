@@ -17,7 +17,7 @@ from dynamic_asgs.policy.db import DatabaseSettings, create_engine
 from dynamic_asgs.policy.migrate import upgrade
 from dynamic_asgs.policy.store import GroupRow, PolicyStore
 from dynamic_asgs.tls import server_context
-from integration.control_plane.harness import PolicyServer, database_config, make_certs, start_policy_server
+from support.daemons import PolicyServer, database_config, make_certs, start_policy_server
 
 DNS = GroupRow("g-dns", "dns", '[{"protocol":"udp","destination":"8.8.8.8","ports":"53"}]', True, True, (), ())
 BAD_RULE = ('[{"protocol":"tcp","destination":"10.0.0.300","ports":"443"},'

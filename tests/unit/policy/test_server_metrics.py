@@ -10,7 +10,7 @@ from pathlib import Path
 import requests
 
 from dynamic_asgs.metrics import multiprocess_registry, serve_metrics
-from integration.control_plane.harness import free_port
+from support.daemons import free_port
 
 WORKER = """
 from prometheus_client import Counter, Gauge

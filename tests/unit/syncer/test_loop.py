@@ -20,7 +20,7 @@ from dynamic_asgs.policy.migrate import upgrade
 from dynamic_asgs.syncer.daemon import LeaseKeeper, SyncLoop
 from dynamic_asgs.syncer.metrics import SyncerMetrics
 from dynamic_asgs.syncer.sync import PollResult
-from integration.control_plane.harness import wait_for
+from support.daemons import wait_for
 
 
 class ScriptedSyncer:

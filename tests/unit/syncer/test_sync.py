@@ -18,7 +18,7 @@ from dynamic_asgs.policy.migrate import upgrade
 from dynamic_asgs.policy.store import PolicyStore
 from dynamic_asgs.syncer.metrics import SyncerMetrics
 from dynamic_asgs.syncer.sync import Syncer
-from integration.control_plane.harness import InProcessStub, cc_client, example_groups, inprocess_stub
+from support.daemons import InProcessStub, cc_client, example_groups, inprocess_stub
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from dynamic_asgs.local.cc_stub.catalog import load_catalog
 from dynamic_asgs.syncer.main import build_cc
 from dynamic_asgs.syncer.metrics import SyncerMetrics
 from dynamic_asgs.syncer.settings import load_settings
-from integration.control_plane.harness import InProcessStub, inprocess_stub
+from support.daemons import InProcessStub, inprocess_stub
 
 EXAMPLE = Path(__file__).parents[3] / "examples" / "asgs.yml"
 

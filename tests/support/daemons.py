@@ -7,7 +7,7 @@
   group, with its log in a file, and always stops it (SIGTERM, then SIGKILL of the group).
 * :class:`CCStub` drives a running ``dynamic-asgs cc-stub`` through its control port.
 
-Unit tests import this module as ``integration.control_plane.harness``.
+Unit tests import this module as ``support.daemons``.
 """
 
 from __future__ import annotations
