@@ -45,6 +45,7 @@ ROUTE = "/networking/v1/internal/security_groups"
 #: Environment variable naming the config file (set by the server process for its workers).
 CONFIG_ENV = "DASG_POLICY_SERVER_CONFIG"
 VERSION_HEADER = "X-Dataset-Version"
+CHANGED_AT_HEADER = "X-Dataset-Changed-At"  # UNIX time of the version's last change: agents report lag
 _MAX_BODY = 8 << 20
 
 
@@ -62,6 +63,10 @@ class ApiMetrics:
 
 def _error(status: int, message: str) -> Response:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def _version_headers(dataset: Dataset) -> dict[str, str]:
+    return {VERSION_HEADER: str(dataset.version), CHANGED_AT_HEADER: f"{dataset.changed_at:.3f}"}
 
 
 def _matches(header: str, etag: str) -> bool:
@@ -131,11 +136,11 @@ class _Endpoint:
     def _ok(dataset: Dataset, query: Query) -> Response:
         answer = dataset.answer(query.spaces, start=query.start, limit=query.limit)
         return Response(answer.body, media_type="application/json",
-                        headers={"ETag": answer.etag, VERSION_HEADER: str(dataset.version)})
+                        headers={"ETag": answer.etag, **_version_headers(dataset)})
 
     @staticmethod
     def _not_modified(dataset: Dataset, etag: str) -> Response:
-        return Response(status_code=304, headers={"ETag": etag, VERSION_HEADER: str(dataset.version)})
+        return Response(status_code=304, headers={"ETag": etag, **_version_headers(dataset)})
 
 
 class _LagerHandler(logging.Handler):

@@ -109,11 +109,15 @@ def test_if_none_match_gives_304_until_the_answer_changes(client: Client, store:
     etag = client.get(ROUTE, params={"space_guids": "space-a"}).headers["etag"]
     r = client.get(ROUTE, params={"space_guids": "space-a"}, headers={"If-None-Match": etag})
     assert r.status_code == 304 and r.content == b"" and r.headers["etag"] == etag
+    first_change = float(r.headers["x-dataset-changed-at"])
+    before = time.time()
     store.replace([GLOBAL, BOUND, GroupRow("g-other", "other", "[]", False, False, (), ("space-z",))],
                   cc_last_update="t2")
     time.sleep(0.3)  # let the worker notice version 2
     r = client.get(ROUTE, params={"space_guids": "space-a"}, headers={"If-None-Match": etag})
     assert r.status_code == 304 and r.headers["x-dataset-version"] == "2"  # unrelated change
+    changed_at = float(r.headers["x-dataset-changed-at"])  # when version 2 was written, for lag reports
+    assert first_change < changed_at and before - 0.01 <= changed_at <= time.time()
     store.replace([GLOBAL], cc_last_update="t3")
     time.sleep(0.3)
     r = client.get(ROUTE, params={"space_guids": "space-a"}, headers={"If-None-Match": etag})
