@@ -250,7 +250,10 @@ class Converger:
         now = self._clock()
         old: dict[str, int] = {}
         new: dict[str, int] = {}
+        replaced: set[str] = set()  # had a ruleset before: the app is told; a new container is not
         for change in report.changes:
+            if change.old_digest is not None:
+                replaced.add(change.handle)
             old[change.handle] = old.get(change.handle, 0) + (change.old_rules or 0)
             new[change.handle] = new.get(change.handle, 0) + change.new_rules
         for handle in report.changed:
@@ -260,7 +263,7 @@ class Converger:
                 "space_guid": container.space_id if container else "",
                 "old_rules": old[handle], "new_rules": new[handle], "dataset_version": self.dataset_version})
             self._metrics.updates.inc()
-            if container is not None and self._emitter is not None:
+            if container is not None and self._emitter is not None and handle in replaced:
                 self._emitter.emit(container, APP_MESSAGE)
         for handle in planned:
             if handle in report.failed or handle in report.skipped:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from dynamic_asgs.metadata_store import MetadataStore
 from support.cell import Cell, cell
 from support.daemons import wait_for
 from support.env import require_backend
+from support.ingress import ingress_server
 from support.stack import ControlPlane, asg, control_plane, start_agent, store_add
 
 DEST = "198.18.0.10"
@@ -62,7 +64,13 @@ def test_an_asg_edit_reaches_running_containers_without_restarting_them(
     store = tmp_path / "store.json"
     add(the_cell, store, "a", "s1")
     add(the_cell, store, "b", "s2")
-    agent = start_agent(tmp_path, the_cell, plane.policy, store)
+    logs = ExitStack()
+    ingress = logs.enter_context(ingress_server(tmp_path / "loggregator"))
+    loggregator = {"loggregator_use_v2_api": True, "loggregator_api_port": ingress.port,
+                   "loggregator_ca_path": str(ingress.pki.client.ca),
+                   "loggregator_cert_path": str(ingress.pki.client.cert),
+                   "loggregator_key_path": str(ingress.pki.client.key)}
+    agent = start_agent(tmp_path, the_cell, plane.policy, store, loggregator=loggregator)
     try:
         wait_for(lambda: reaches(the_cell, "a", 80), what="a to reach port 80 (web is bound to s1)")
         assert not reaches(the_cell, "b", 80) and not reaches(the_cell, "a", 443)
@@ -81,8 +89,14 @@ def test_an_asg_edit_reaches_running_containers_without_restarting_them(
             {"a": status["dataset_version"], "b": status["dataset_version"]}
         updated = {e["data"]["handle"] for e in agent.daemon.events("container-rules-updated")}
         assert updated == {"a", "b"}
+        # The apps are told through loggregator v2 (gRPC, mutual TLS) when their rules change; a new
+        # container's first ruleset is not news to it.
+        wait_for(lambda: sorted(src for src, *_ in ingress.logs()) == ["app-a", "app-b"],
+                 what="the update messages in the apps' log streams")
+        assert {msg for _, _, msg, _ in ingress.logs()} == {"Security group rules were updated"}
     finally:
         agent.daemon.stop()
+        logs.close()
 
 
 def test_force_endpoints_apply_at_once(the_cell: Cell, plane: ControlPlane, tmp_path: Path) -> None:
