@@ -143,12 +143,13 @@ def make_certs(directory: Path, name: str) -> Pki:
 class Daemon:
     """``dynamic-asgs <args>`` as a child process in its own process group, log in ``log_path``."""
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path, *, argv: list[str] | None = None) -> None:
+        """Run ``dynamic-asgs <args>``, or the command line ``argv`` when given."""
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dynamic_asgs.cli", *args], stdout=self._log, stderr=subprocess.STDOUT,
+            argv or [sys.executable, "-m", "dynamic_asgs.cli", *args], stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
