@@ -17,7 +17,7 @@ from dynamic_asgs.asg.translate import ChainSettings, ConnLimit, DenyNetworks
 from dynamic_asgs.config import load_config, load_schema
 from dynamic_asgs.errors import ConfigError
 
-__all__ = ["AgentSettings", "LoggregatorSettings", "load_settings"]
+__all__ = ["AgentSettings", "LoggregatorSettings", "deny_networks_from", "load_settings"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +60,8 @@ class AgentSettings:
     loggregator: LoggregatorSettings | None
 
 
-def _networks(raw: dict[str, Any], key: str, version: int, source: str) -> DenyNetworks:
+def deny_networks_from(raw: dict[str, Any], key: str, version: int, source: str) -> DenyNetworks:
+    """The deny networks under ``raw[key]`` (always/running/staging), each a CIDR of IP ``version``."""
     kinds: dict[str, tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]] = {}
     for kind in ("always", "running", "staging"):
         nets = []
@@ -105,8 +106,8 @@ def load_settings(path: str | Path) -> AgentSettings:
     out = raw["outbound_connections"]
     limit = ConnLimit(out["rate_per_sec"], out["burst"], out["logging"]) if out["limit"] else None
     chains = ChainSettings(
-        deny_networks=_merge(_networks(raw, "deny_networks", 4, source),
-                             _networks(raw, "deny_networks_ipv6", 6, source)),
+        deny_networks=_merge(deny_networks_from(raw, "deny_networks", 4, source),
+                             deny_networks_from(raw, "deny_networks_ipv6", 6, source)),
         asg_logging=raw["iptables_asg_logging"],
         denied_logs_per_sec=raw["iptables_denied_logs_per_sec"],
         accepted_udp_logs_per_sec=raw["iptables_accepted_udp_logs_per_sec"],

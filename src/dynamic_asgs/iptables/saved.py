@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 from dynamic_asgs.iptables.render import HASH_RE
 
-__all__ = ["TRACKED_PREFIXES", "ChainInfo", "SavedTable", "is_tracked", "jump_target", "parse_save"]
+__all__ = ["TRACKED_PREFIXES", "ChainInfo", "SavedTable", "count_listing_lines", "is_tracked", "jump_target",
+           "parse_save"]
 
 #: Chains whose rules and references the agent needs to know about.
 TRACKED_PREFIXES = ("asg-", "casg-", "netout--")
@@ -52,6 +53,9 @@ class SavedTable:
     chains: set[str] = field(default_factory=set)
     info: dict[str, ChainInfo] = field(default_factory=dict)
     referrers: dict[str, set[str]] = field(default_factory=dict)
+    #: Rule lines (``-A ...``) of untracked chains (e.g. FORWARD) that jump to a tracked chain, by
+    #: target: the CNI's hooks, which it deletes by turning ``-A`` into ``-D``.
+    hooks: dict[str, list[str]] = field(default_factory=dict)
 
 
 def jump_target(line: str) -> str | None:
@@ -88,6 +92,8 @@ def parse_save(lines: Iterable[str]) -> SavedTable:
                     tracked.add_target(target)
             if target is not None and target.startswith(TRACKED_PREFIXES):
                 referrers.setdefault(target, set()).add(chain)
+                if tracked is None:
+                    table.hooks.setdefault(target, []).append(line)
         elif line.startswith(":"):
             name = line[1 : line.index(" ")] if " " in line else line[1:]
             chains.add(name)
@@ -96,3 +102,26 @@ def parse_save(lines: Iterable[str]) -> SavedTable:
         elif line.startswith("COMMIT"):
             break
     return table
+
+
+def count_listing_lines(lines: Iterable[str]) -> dict[str, int]:
+    """Per table, the number of lines ``iptables -t <table> -S`` prints, from one ``iptables-save`` of all tables.
+
+    ``-S`` prints one ``-P`` line per builtin chain, one ``-N`` per user chain and one
+    ``-A`` per rule; the save prints one ``:chain`` line per chain of either kind and the
+    same ``-A`` lines. So a table's count is its ``:`` lines plus its ``-A`` lines. Only
+    the first characters of each line are looked at: this is netmon's cheap count (no
+    per-rule parsing). Tables absent from the save are absent from the result.
+    """
+    counts: dict[str, int] = {}
+    table: str | None = None
+    n = 0
+    for line in lines:
+        if line.startswith(("-A ", ":")):
+            n += 1
+        elif line.startswith("*"):
+            table, n = line[1:].strip(), 0
+        elif line.startswith("COMMIT") and table is not None:
+            counts[table] = counts.get(table, 0) + n
+            table, n = None, 0
+    return counts
