@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "vxlan-policy-agent": ("dynamic_asgs.agent.command", "daemon (one per cell): enforce ASGs on running containers"),
     "netmon": ("dynamic_asgs.netmon.command", "daemon (one per cell): iptables rule counts and overlay metrics"),
     "translate": ("dynamic_asgs.tools.translate", "tool: print the iptables chains a container gets"),
+    "audit": ("dynamic_asgs.tools.audit", "tool: is the current ASG dataset enforced in every container of the fleet?"),
+    "local": ("dynamic_asgs.local.command", "local: the whole system on this machine (up, down, status, exec)"),
     "cc-stub": ("dynamic_asgs.local.cc_stub.command", "local: Cloud Controller + UAA stand-in (tests, local env)"),
 }
 

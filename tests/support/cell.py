@@ -29,9 +29,10 @@ from pathlib import Path
 
 from dynamic_asgs.asg import chains
 from dynamic_asgs.iptables.runner import IptablesRunner, commands_for
+from dynamic_asgs.local import netprobe
 from support.netns import netns, ns_run
 
-PROBE = str(Path(__file__).with_name("netprobe.py"))
+PROBE = netprobe.__file__
 UNDERLAY = "underlay0"
 
 

@@ -1,4 +1,4 @@
-"""Helper processes that run inside network namespaces (stdlib only; started by support.cell).
+"""Helper processes that run inside network namespaces (stdlib only; used by the local environment and tests).
 
 ``python netprobe.py listen --tcp 80,443 --udp 53 --addrs 198.18.1.1,fd00:198::11``
     TCP: greets every connection with ``ok\\n`` and then echoes (every address of the
@@ -25,6 +25,8 @@ import socket
 import struct
 import sys
 import time
+
+__all__ = ["listen", "main", "probe"]
 
 _RESULTS = {errno.ECONNREFUSED: "refused", errno.EHOSTUNREACH: "unreachable", errno.ENETUNREACH: "unreachable",
             errno.EACCES: "refused", errno.EPERM: "refused"}
@@ -111,7 +113,7 @@ def _udp(addr: str, port: int, timeout: float) -> str:
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     total = (total >> 16) + (total & 0xFFFF)
     total += total >> 16
     return ~total & 0xFFFF
