@@ -52,7 +52,7 @@ from dynamic_asgs.policy.store import GroupRow, PolicyStore  # noqa: E402
 from dynamic_asgs.syncer.metrics import SyncerMetrics  # noqa: E402
 from dynamic_asgs.syncer.sync import Syncer  # noqa: E402
 from dynamic_asgs.tls import client_context, session_for  # noqa: E402
-from integration.control_plane.harness import (  # noqa: E402
+from support.daemons import (  # noqa: E402
     BACKENDS,
     CCStub,
     database,
