@@ -39,7 +39,7 @@ from typing import IO, Any, Protocol
 
 from dynamic_asgs.errors import IptablesError, RestoreError
 from dynamic_asgs.filelock import locked
-from dynamic_asgs.iptables.saved import SavedTable, parse_save
+from dynamic_asgs.iptables.saved import SavedTable, count_listing_lines, parse_save
 
 __all__ = ["BACKENDS", "IptablesRunner", "RestoreStats", "Runner", "commands_for", "error_context"]
 
@@ -154,6 +154,24 @@ class IptablesRunner:
             if status != 0:
                 raise IptablesError(f"{self.save_cmd} failed (exit {status}): {_reason(_read(err))}")
         return table
+
+    def count_rules(self) -> dict[str, int]:
+        """Per table, the lines ``iptables -t <table> -S`` would print, from one save of all tables (under the lock).
+
+        netmon's count: one ``iptables-save`` read streamed through
+        :func:`~dynamic_asgs.iptables.saved.count_listing_lines`, never a per-rule walk.
+        """
+        cmd = [*self.prefix, self.save_cmd]
+        with locked(self.lock_file, timeout=self.lock_timeout), tempfile.TemporaryFile() as err:
+            proc = self._spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
+                               errors="replace", bufsize=1 << 16)
+            assert proc.stdout is not None
+            with _Watchdog(proc, self.timeout, cmd) as dog, proc.stdout as out:
+                counts = count_listing_lines(out)
+                status = dog.wait()
+            if status != 0:
+                raise IptablesError(f"{self.save_cmd} failed (exit {status}): {_reason(_read(err))}")
+        return counts
 
     def restore(self, payload: Iterable[str]) -> RestoreStats:
         """Stream ``payload`` into ``<restore> -w <s> --noflush`` (under the lock); raise on refusal."""

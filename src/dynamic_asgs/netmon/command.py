@@ -1,4 +1,11 @@
-"""``dynamic-asgs netmon --config-file F``: cell metrics every ``poll_interval`` seconds."""
+"""``dynamic-asgs netmon --config-file F``: cell metrics every ``poll_interval`` seconds.
+
+The composition of netmon: one :class:`~dynamic_asgs.iptables.runner.IptablesRunner` per
+family (only its save command is used; it takes the iptables lock like every writer), the
+metrics of :mod:`.measure` served on 127.0.0.1:``metrics_port``, and a loop that measures at
+start and then every ``poll_interval`` until SIGTERM or SIGINT. An invalid configuration
+exits 2 with a message naming the key.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """netmon's flags: only the configuration file (silk's netmon takes the same)."""
     parser.add_argument("--config-file", required=True, help="path to netmon.json")
 
 
@@ -44,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("starting", {"poll_interval": conf["poll_interval"], "interface_name": conf["interface_name"]})
     try:
         while not stop.is_set():
-            measurements.poll()
+            log.debug("poll-complete", measurements.poll())
             stop.wait(conf["poll_interval"])
     finally:
         if exporter is not None:
