@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -16,8 +19,10 @@ LEGACY_PLATFORMS = ("any", "manylinux2014_x86_64", "manylinux2010_x86_64", "many
 UPSTREAM_3_11_2 = "sha256:2411c74bda5bbcfcddaf4531f66d1adc73f247f529aee981b029513aefdbf849"
 
 
-def create_blobs(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, check=False,
+def create_blobs(*args: str, release: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run create-blobs; with ``release``, the copy's script (it works on its own release directory)."""
+    script = release / "scripts" / "release" / "create-blobs" if release is not None else SCRIPT
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=False,
                           timeout=300)
 
 
@@ -25,7 +30,11 @@ def test_blobs_yml_records_cpython_and_the_wheels(release_blobs: Path) -> None:
     entries = yaml.safe_load((release_blobs / "config" / "blobs.yml").read_text())
     assert entries["python3/Python-3.11.2.tgz"]["sha"] == UPSTREAM_3_11_2, "Debian's orig tarball is upstream's"
     wheels = [name for name in entries if name.startswith("dynamic-asgs/wheels/")]
-    assert any(name.startswith("dynamic-asgs/wheels/dynamic_asgs-") for name in wheels)
+    assert not any(name.startswith("dynamic-asgs/wheels/dynamic_asgs-") for name in wheels), \
+        "the project's code comes from src/, not from a blob"
+    names = {Path(name).name.split("-")[0].lower() for name in wheels}
+    for pin in tomllib.loads((release_blobs / "pyproject.toml").read_text())["project"]["dependencies"]:
+        assert pin.split("==")[0].split("[")[0].lower().replace("-", "_") in names, pin
     assert set(entries) == {"python3/Python-3.11.2.tgz", *wheels}
     for entry in entries.values():
         assert set(entry) == {"size", "sha"} and re.fullmatch(r"sha256:[0-9a-f]{64}", entry["sha"])
@@ -43,9 +52,25 @@ def test_wheels_match_the_target(release_blobs: Path) -> None:
 
 
 def test_check_agrees_with_what_a_run_made(release_blobs: Path) -> None:
-    result = create_blobs("--check")
+    result = create_blobs("--check", release=release_blobs)
     assert result.returncode == 0, result.stderr
     assert "blobs are up to date" in result.stdout
+
+
+def test_a_code_change_needs_no_new_blob_but_a_pin_change_does(release_blobs: Path, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    for name in ("config", "scripts"):
+        shutil.copytree(release_blobs / name, release / name)
+    shutil.copytree(release_blobs / "blobs", release / "blobs", copy_function=os.link)
+    shutil.copy2(release_blobs / "pyproject.toml", release / "pyproject.toml")
+    (release / "src" / "dynamic_asgs").mkdir(parents=True)
+    (release / "src" / "dynamic_asgs" / "changed.py").write_text("CHANGED = True\n")
+    assert create_blobs("--check", release=release).returncode == 0
+    pyproject = release / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('"requests==2.34.2"', '"requests==2.99.0"'))
+    result = create_blobs("--check", release=release)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "pyproject.toml pins requests==2.99.0; the blobs have 2.34.2" in result.stderr
 
 
 def tarball(path: Path, top: str) -> Path:
@@ -67,7 +92,7 @@ def test_a_wrong_tarball_is_refused_and_nothing_changes(release_blobs: Path, tmp
     (tmp_path / "junk.tgz").write_bytes(b"not a tarball")
     cases[tmp_path / "junk.tgz"] = "not a gzip'd tar archive"
     for path, message in cases.items():
-        result = create_blobs("--cpython-tarball", str(path))
+        result = create_blobs("--cpython-tarball", str(path), release=release_blobs)
         assert result.returncode == 1
         assert message in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1

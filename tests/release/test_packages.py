@@ -1,12 +1,13 @@
 """Release smoke test: the packages' scripts compile as on a BOSH compilation VM, offline, and work.
 
 `compiled_packages` (conftest) compiles python3 from the CPython source blob, then dynamic-asgs
-from the wheel blobs against it, in an empty network namespace.
+from the wheel blobs and the release's src/ against it, in an empty network namespace.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tomllib
@@ -92,7 +93,7 @@ def test_the_blobs_pinned_versions_are_installed(compiled_packages: dict[str, Co
 
 def test_packaging_failures_say_what_is_missing(release_blobs: Path, tmp_path: Path) -> None:
     release = tmp_path / "release"
-    for sub in ("packages", "config"):
+    for sub in ("packages", "config", "src"):
         shutil.copytree(release_blobs / sub, release / sub)
     (release / "blobs" / "python3").mkdir(parents=True)
     (release / "blobs" / "python3" / "Python-3.11.0.tgz").write_bytes(b"")
@@ -101,7 +102,32 @@ def test_packaging_failures_say_what_is_missing(release_blobs: Path, tmp_path: P
     packages.mkdir()
     with pytest.raises(CompileError, match=r"expected exactly one python3/Python-3\.11\.\*\.tgz blob"):
         compile_package(release, "python3", packages, work)
-    (release / "blobs" / "dynamic-asgs" / "wheels").mkdir(parents=True)
-    (release / "blobs" / "dynamic-asgs" / "wheels" / "other-1.0-py3-none-any.whl").write_bytes(b"")
-    with pytest.raises(CompileError, match=r"expected exactly one dynamic-asgs/wheels/dynamic_asgs-\*\.whl blob"):
+    wheels = release / "blobs" / "dynamic-asgs" / "wheels"
+    wheels.mkdir(parents=True)
+    (wheels / "dynamic_asgs-0.1.0-py3-none-any.whl").write_bytes(b"")
+    with pytest.raises(CompileError, match=r"dynamic_asgs-0\.1\.0-py3-none-any\.whl is a blob, but the project "
+                                           r"comes from src/"):
         compile_package(release, "dynamic-asgs", packages, work)
+    shutil.rmtree(release / "src")
+    with pytest.raises(CompileError, match=r"missing files for pattern 'dynamic_asgs/\*\*/\*'"):
+        compile_package(release, "dynamic-asgs", packages, work)
+
+
+def test_the_package_has_pyprojects_console_scripts(compiled_packages: dict[str, Compiled]) -> None:
+    """The packaging script writes the console scripts itself: they must be pyproject.toml's."""
+    scripts = tomllib.loads((RELEASE / "pyproject.toml").read_text())["project"]["scripts"]
+    packaging = (RELEASE / "packages" / "dynamic-asgs" / "packaging").read_text()
+    block = packaging.split("ENTRY_POINTS='", 1)[1].split("'", 1)[0]
+    declared = dict(tuple(part.strip() for part in line.split("=", 1)) for line in block.strip().splitlines())
+    assert declared == scripts, ("packages/dynamic-asgs/packaging's ENTRY_POINTS must list pyproject.toml's "
+                                 f"[project.scripts] exactly: {scripts}")
+    venv = compiled_packages["dynamic-asgs"].install_dir
+    for name in scripts:
+        assert os.access(venv / "bin" / name, os.X_OK), name
+    result = run(venv / "bin" / "python", "-c", "import importlib.metadata as m, dynamic_asgs;"
+                 "print(m.version('dynamic-asgs'), dynamic_asgs.__file__)")
+    assert result.returncode == 0, result.stderr
+    version, path = result.stdout.split()
+    assert version == tomllib.loads((RELEASE / "pyproject.toml").read_text())["project"]["version"]
+    assert path.startswith(str(venv)), "the project is installed in the package, not found elsewhere"
+    assert (Path(path).parent / "policy" / "config_schema.json").is_file(), "package data comes along"

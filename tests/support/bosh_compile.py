@@ -6,8 +6,8 @@ compiled packages can then back jobs laid out by support.vcap_root.
 
 Mechanisms (the agent's compile step):
 - The package's source is assembled in a fresh BOSH_COMPILE_TARGET: every file its spec's
-  `files` globs match in the release's src/ or blobs/, at its path relative to that directory,
-  plus the `packaging` script.
+  `files` globs match in the release's src/ or blobs/ (minus its `excluded_files` globs), at its
+  path relative to that directory, plus the `packaging` script.
 - `bash -x packaging` runs there with the agent's isolated environment: only BOSH_COMPILE_TARGET,
   BOSH_INSTALL_TARGET (<packages_dir>/<name>), BOSH_PACKAGE_NAME, BOSH_PACKAGES_DIR and
   PATH=/usr/local/bin:/usr/bin:/bin. Compiled dependencies are found at
@@ -70,11 +70,14 @@ def compile_order(release: Path, names: list[str] | None = None) -> list[str]:
 
 def _assemble(release: Path, name: str, target: Path) -> None:
     spec = _spec(release, name)
+    excluded = {rel for pattern in spec.get("excluded_files") or []  # type: ignore[union-attr]
+                for base in (release / "src", release / "blobs") if base.is_dir()
+                for rel in glob.glob(str(pattern), root_dir=base, recursive=True)}
     for pattern in spec.get("files") or []:  # type: ignore[union-attr]
         matched = False
         for base in (release / "src", release / "blobs"):
             for rel in glob.glob(str(pattern), root_dir=base, recursive=True) if base.is_dir() else []:
-                if (base / rel).is_file():
+                if (base / rel).is_file() and rel not in excluded:
                     (target / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(base / rel, target / rel)
                     matched = True

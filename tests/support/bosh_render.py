@@ -136,6 +136,34 @@ def _template_path(job_dir: Path, spec: dict[str, Any], template: str) -> Path:
     return job_dir / "templates" / template
 
 
+def _request(job_dir: Path, job_spec: dict[str, Any], template: str, properties: dict[str, Any] | None,
+             links: dict[str, Any], spec: dict[str, Any] | None) -> dict[str, Any]:
+    instance = {**default_spec(str(job_spec.get("name"))), **(spec or {})}
+    instance["properties"] = merged_properties(job_spec.get("properties"), properties)
+    instance["links"] = links
+    return {"template": str(_template_path(job_dir, job_spec, template)), "spec": instance}
+
+
+def _run_harness(request: dict[str, Any]) -> Any:
+    ruby = shutil.which("ruby")
+    if ruby is None:
+        raise RenderError("ruby is not installed (Debian package ruby)")
+    result = subprocess.run([ruby, str(HARNESS)], input=json.dumps(request), text=True, capture_output=True,
+                            check=False, timeout=60)
+    try:
+        return json.loads(result.stdout)
+    except json.JSONDecodeError as exc:
+        raise RenderError(f"render_template.rb failed (exit {result.returncode}): {result.stderr.strip()}") from exc
+
+
+def _rendered(answer: dict[str, Any]) -> Rendered:
+    if "error" in answer:
+        raise RenderError(answer["error"])
+    return Rendered(text=answer["output"], properties=tuple(answer["properties"]),
+                    link_properties=tuple((a, b) for a, b in answer["link_properties"]),
+                    links=tuple(answer["links"]))
+
+
 def render_full(job_dir: Path | str, template: str, properties: dict[str, Any] | None = None, *,
                 links: dict[str, Any] | None = None, spec: dict[str, Any] | None = None) -> Rendered:
     """Render ``template`` (a source name under templates/, or "monit") of the job in ``job_dir``."""
@@ -143,24 +171,7 @@ def render_full(job_dir: Path | str, template: str, properties: dict[str, Any] |
     job_spec = load_job_spec(job_dir)
     links = links or {}
     _check_links(job_spec, links)
-    instance = {**default_spec(str(job_spec.get("name"))), **(spec or {})}
-    instance["properties"] = merged_properties(job_spec.get("properties"), properties)
-    instance["links"] = links
-    ruby = shutil.which("ruby")
-    if ruby is None:
-        raise RenderError("ruby is not installed (Debian package ruby)")
-    request = json.dumps({"template": str(_template_path(job_dir, job_spec, template)), "spec": instance})
-    result = subprocess.run([ruby, str(HARNESS)], input=request, text=True, capture_output=True, check=False,
-                            timeout=60)
-    try:
-        answer = json.loads(result.stdout)
-    except json.JSONDecodeError as exc:
-        raise RenderError(f"render_template.rb failed (exit {result.returncode}): {result.stderr.strip()}") from exc
-    if "error" in answer:
-        raise RenderError(answer["error"])
-    return Rendered(text=answer["output"], properties=tuple(answer["properties"]),
-                    link_properties=tuple((a, b) for a, b in answer["link_properties"]),
-                    links=tuple(answer["links"]))
+    return _rendered(_run_harness(_request(job_dir, job_spec, template, properties, links, spec)))
 
 
 def render(job_dir: Path | str, template: str, properties: dict[str, Any] | None = None, *,
@@ -171,12 +182,18 @@ def render(job_dir: Path | str, template: str, properties: dict[str, Any] | None
 
 def render_job(job_dir: Path | str, properties: dict[str, Any] | None = None, *,
                links: dict[str, Any] | None = None, spec: dict[str, Any] | None = None) -> dict[str, Rendered]:
-    """Every template of the job keyed by its destination path (as under /var/vcap/jobs/<job>/), and "monit"."""
+    """Every template of the job keyed by its destination path (as under /var/vcap/jobs/<job>/), and "monit".
+
+    One Ruby run renders them all; the first template the director would refuse raises.
+    """
+    job_dir = Path(job_dir)
     job_spec = load_job_spec(job_dir)
-    out = {"monit": render_full(job_dir, "monit", properties, links=links, spec=spec)}
-    for source, destination in (job_spec.get("templates") or {}).items():
-        out[destination] = render_full(job_dir, source, properties, links=links, spec=spec)
-    return out
+    links = links or {}
+    _check_links(job_spec, links)
+    sources = {"monit": "monit", **{str(d): str(s) for s, d in (job_spec.get("templates") or {}).items()}}
+    requests = [_request(job_dir, job_spec, source, properties, links, spec) for source in sources.values()]
+    answers = _run_harness({"batch": requests})["batch"]
+    return {destination: _rendered(answer) for destination, answer in zip(sources, answers, strict=True)}
 
 
 def undeclared_properties(job_dir: Path | str, rendered: Rendered) -> list[str]:

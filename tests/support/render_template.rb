@@ -7,7 +7,8 @@
 # ({name => {instances, properties, address, instance_group, default_network, ...}}).
 # Output (JSON on stdout): {"output": TEXT, "properties": [...], "link_properties": [[link, name]...],
 # "links": [...]} listing every property and link the template asked for, or, with exit status 1,
-# {"error": MESSAGE} with the template line when it is known.
+# {"error": MESSAGE} with the template line when it is known. {"batch": [INPUT...]} renders several
+# templates in one run and answers {"batch": [OUTPUT...]} (exit status 0).
 #
 # The context provides p(name[, default]) (an array of names tries each in turn), if_p(*names)
 # { |*values| } with .else / .else_if_p / .else_if_link, spec (OpenStruct), properties,
@@ -220,6 +221,13 @@ module RenderHarness
   end
 end
 
-status, result = RenderHarness.run(JSON.parse($stdin.read))
+request = JSON.parse($stdin.read)
+if request.key?('batch')
+  # Several templates in one run (a whole job): {"batch": [REQUEST...]} -> {"batch": [ANSWER...]}.
+  answers = request['batch'].map { |one| RenderHarness.run(one)[1] }
+  $stdout.write(JSON.generate({ 'batch' => answers }))
+  exit 0
+end
+status, result = RenderHarness.run(request)
 $stdout.write(JSON.generate(result))
 exit status
