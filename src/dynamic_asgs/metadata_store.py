@@ -154,6 +154,11 @@ class StoreView:
             if not self.store.path.exists() and not self.containers:
                 return False  # a fresh cell: no container was ever recorded
             raw, signature = self.store.read_all()
+            if not raw and self.containers and signature[2] == 0:
+                # Writers store "{}" when the last container goes; a 0-byte file is one cut short
+                # after truncating (silk's writer rewrites in place): no evidence of "no containers".
+                raise StoreError(f"{self.store.path}: empty (torn write?) while {len(self.containers)} "
+                                 "containers were recorded")
         except StoreError as exc:
             self.errors += 1
             if str(exc) != self.last_error:

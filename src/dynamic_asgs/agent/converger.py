@@ -27,7 +27,7 @@ from dynamic_asgs.agent.dataplane.report import ApplyReport
 from dynamic_asgs.agent.metrics import AgentMetrics
 from dynamic_asgs.asg.model import Container, SecurityGroup
 from dynamic_asgs.asg.translate import ChainSettings, ContainerChains, GroupIndex, plan_container
-from dynamic_asgs.errors import DynamicASGsError, UpstreamError
+from dynamic_asgs.errors import DynamicASGsError, StoreError, UpstreamError
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.metadata_store import StoreView
 from dynamic_asgs.policy.client import Result
@@ -137,6 +137,7 @@ class Converger:
         """Remove the chains of every container no longer in the store (the CNI's DEL call)."""
         with self._lock:
             self._refresh_store()
+            self._require_store()
             live = set(self._view.containers) - {handle}
             started = time.monotonic()
             report = self._dataplane.remove_orphans(live)
@@ -175,6 +176,11 @@ class Converger:
             self._metrics.store_errors.inc(self._view.errors - self._store_errors)
             self._store_errors = self._view.errors
 
+    def _require_store(self) -> None:
+        """Refuse to plan or sweep when the store was never read: unreadable is not empty (issue 8)."""
+        if self._view.signature is None and self._view.last_error is not None:
+            raise StoreError(f"container metadata store not read yet, keeping every chain: {self._view.last_error}")
+
     def _refresh_groups(self, spaces: Collection[str]) -> None:
         spaces = frozenset(spaces)
         same = self._index is not None and spaces == self._spaces
@@ -212,6 +218,7 @@ class Converger:
 
     def _cycle(self) -> ApplyReport:
         self._refresh_store()
+        self._require_store()
         containers = {h: c for h, c in self._view.containers.items() if c.policy_group_id and c.space_id}
         spaces = frozenset(c.space_id for c in containers.values())
         complete = True

@@ -99,11 +99,24 @@ def _url(settings: DatabaseSettings) -> sa.URL:
     )
 
 
+# Bounded waits, so that a session lost without a reset (a silent network cut) cannot hang the
+# next sync on the row locks it still holds: the server ends a transaction left idle, a lock
+# wait or a statement fails after a bound (the syncer retries), and keepalives find dead peers.
+LOCK_WAIT_SECONDS = 30
+STATEMENT_SECONDS = 120
+IDLE_IN_TRANSACTION_SECONDS = 60
+MYSQL_IDLE_SECONDS = 600  # the server drops idle sessions (and rolls back their work) after this
+_POSTGRES_OPTIONS = (f"-c lock_timeout={LOCK_WAIT_SECONDS * 1000} -c statement_timeout={STATEMENT_SECONDS * 1000} "
+                     f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_SECONDS * 1000}")
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
 def _connect_args(settings: DatabaseSettings) -> dict[str, Any]:
     if settings.type == "sqlite":
         return {"timeout": 30, "check_same_thread": False}
     if settings.type == "postgres":
-        args: dict[str, Any] = {"connect_timeout": settings.timeout, "application_name": "dynamic-asgs"}
+        args: dict[str, Any] = {"connect_timeout": settings.timeout, "application_name": "dynamic-asgs",
+                                "options": _POSTGRES_OPTIONS, **_KEEPALIVES}
         if settings.require_ssl:
             args["sslmode"] = "require" if settings.skip_hostname_validation else "verify-full"
             if settings.ca_cert:
@@ -113,7 +126,10 @@ def _connect_args(settings: DatabaseSettings) -> dict[str, Any]:
         else:
             args["sslmode"] = "disable"
         return args
-    args = {"connect_timeout": settings.timeout, "charset": "utf8mb4"}
+    args = {"connect_timeout": settings.timeout, "charset": "utf8mb4", "read_timeout": STATEMENT_SECONDS,
+            "write_timeout": STATEMENT_SECONDS,
+            "init_command": f"SET SESSION innodb_lock_wait_timeout={LOCK_WAIT_SECONDS}, "
+                            f"SESSION wait_timeout={MYSQL_IDLE_SECONDS}"}
     if settings.require_ssl:
         ssl: dict[str, Any] = {"check_hostname": not settings.skip_hostname_validation}
         if settings.ca_cert:
@@ -145,6 +161,8 @@ def create_engine(settings: DatabaseSettings, *, pool_size: int = 5, max_overflo
     """An engine for ``settings`` (connections are opened lazily)."""
     kwargs: dict[str, Any] = {"connect_args": _connect_args(settings), "pool_pre_ping": True}
     if settings.type != "sqlite":
+        if settings.type != "postgres":
+            pool_recycle = min(pool_recycle, MYSQL_IDLE_SECONDS - 60)  # before the server drops them
         kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_recycle=pool_recycle)
     engine = sa.create_engine(_url(settings), **kwargs)
     if settings.type == "sqlite":

@@ -1,0 +1,111 @@
+"""Policy server down, slow, or answering 500s and garbage: cells keep their current rules.
+
+The real agent daemon over a legacy cell talks mutual TLS to a small fake policy server
+that speaks the real wire format (``FakePolicyServer``) and can be told to misbehave.
+Through every fault the container's chain keeps its ruleset hash and its parent keeps
+jumping to it; a container added meanwhile in a space the cached groups cover is still
+planned from them; once the server answers well again a change made meanwhile arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from dynamic_asgs.asg import chains
+from support.cell import Cell, cell
+from support.daemons import Daemon, PolicyServer, make_certs, wait_for
+from support.env import require_backend
+from support.faults import FakePolicyServer, record
+from support.stack import Agent, start_agent, store_add
+
+FAULTS = ["500", "garbage", "wrong-schema", "html", "truncated", "slow", "down"]
+
+
+def document(port: str) -> dict[str, Any]:
+    rules = [{"protocol": "tcp", "destination": "10.7.0.0/16", "ports": port}]
+    return {"next": 0, "security_groups": [{
+        "guid": "g1", "name": "web", "rules": json.dumps(rules), "staging_default": False,
+        "running_default": False, "staging_space_guids": [], "running_space_guids": ["s1"]}]}
+
+
+@pytest.fixture
+def the_cell(tmp_path: Path) -> Iterator[Cell]:
+    require_backend("legacy")
+    with cell("legacy", tmp_path) as c:
+        yield c
+
+
+def _digest(c: Cell, handle: str) -> str | None:
+    rules = c.rules(4, chains.asg_chain_name(handle))
+    parent = c.rules(4, chains.netout_chain_name(handle))
+    if not rules or len(parent) != 2 or not parent[0].endswith(f"-j {chains.asg_chain_name(handle)}"):
+        return None
+    return rules[0].split('"dasg:')[1].split('"')[0] if '"dasg:' in rules[0] else None
+
+
+def _allows(c: Cell, handle: str, port: str) -> bool:
+    return any(f"--dport {port}" in r or f"--dports {port}" in r for r in c.rules(4, chains.asg_chain_name(handle)))
+
+
+def _failed_polls(agent: Agent) -> int:
+    return len(agent.daemon.events("cycle-failed")) + len(agent.daemon.events("cycle-done"))
+
+
+def _more_cycles(agent: Agent, before: int) -> bool:
+    return _failed_polls(agent) > before
+
+
+def test_a_faulty_policy_server_leaves_the_rules_in_place(the_cell: Cell, tmp_path: Path) -> None:
+    c = the_cell
+    pki = make_certs(tmp_path / "fake-ps-pki", "ps")
+    fake = FakePolicyServer(pki, document("80"))
+    policy = PolicyServer(cast(Daemon, None), fake.port, 0, pki)
+    store = tmp_path / "store.json"
+    c.add_container("a")
+    c.hook("a")
+    store_add(store, c, "a", space="s1")
+    recoveries: list[float] = []
+    agent = start_agent(tmp_path, c, policy, store, client_timeout_seconds=1)
+    try:
+        wait_for(lambda: _allows(c, "a", "80"), timeout=60, what="the first ruleset")
+        good, current = _digest(c, "a"), "80"
+        assert good is not None
+        for n, fault in enumerate(FAULTS):
+            if fault == "down":
+                fake.down()
+            else:
+                fake.mode, fake.delay = fault, 3.0
+            fake.document = document(str(1000 + n))  # what a healthy server would now say
+            wait_for(lambda: agent.status()["policy_server"]["error"], timeout=60,
+                     what=f"the agent to notice {fault}")
+            before = _failed_polls(agent)
+            wait_for(partial(_more_cycles, agent, before), timeout=60, what=f"another cycle under {fault}")
+            assert _digest(c, "a") == good, f"{fault}: the rules must stay exactly as they were"
+            assert agent.status()["containers"]["a"]["ruleset"]["ipv4"] == good
+            if fault == "html":  # a new container in a covered space is planned from the cached groups
+                c.add_container("b")
+                c.hook("b")
+                store_add(store, c, "b", space="s1")
+                wait_for(lambda: _digest(c, "b") is not None, timeout=30, what="b from the cached groups")
+                assert _allows(c, "b", current) and _digest(c, "b") != good  # same rules, b's own chain
+            if fault == "down":
+                fake.up()
+            fake.mode = "ok"
+            started = time.monotonic()
+            wait_for(partial(_allows, c, "a", str(1000 + n)), timeout=60, what=f"recovery from {fault}")
+            recoveries.append(time.monotonic() - started)
+            good, current = _digest(c, "a"), str(1000 + n)
+            assert good is not None
+        assert agent.daemon.running()
+        assert agent.daemon.events("policy-server-unavailable-keeping-rules")
+    finally:
+        agent.daemon.stop()
+        fake.close()
+    record("policy-server-faults", injected=len(FAULTS), bad_inputs=5, violations=0, recoveries=recoveries)
