@@ -1,4 +1,5 @@
-"""Every vector of ../shared/conformance/asg_iptables_vectors.json (facts from silk-release).
+"""Every vector of tests/data/conformance/asg_iptables_vectors.json (facts from silk-release, copied
+from ../shared/conformance so that a clone anywhere runs them).
 
 * parser vectors (``expected_parsed``) against our parser;
 * argv vectors against the argv we generate;
@@ -21,10 +22,10 @@ from dynamic_asgs.asg.translate import accept_rules
 from dynamic_asgs.errors import RuleError
 from support.env import BACKENDS, require_backend
 from support.netns import iptables, netns, restore
-from support.translate import SHARED, internal_group, store_entry, strip_comments, translate
+from support.translate import DATA, internal_group, store_entry, strip_comments, translate
 
-VECTORS_FILE = SHARED / "conformance" / "asg_iptables_vectors.json"
-VECTORS: list[dict[str, Any]] = json.loads(VECTORS_FILE.read_text()) if VECTORS_FILE.exists() else []
+VECTORS_FILE = DATA / "conformance" / "asg_iptables_vectors.json"
+VECTORS: list[dict[str, Any]] = json.loads(VECTORS_FILE.read_text())
 
 
 def by_kind(kind: str) -> list[Any]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import os
+import secrets
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-PREFIX = f"dasgt{os.getpid()}"
+PREFIX = f"dasg{secrets.token_hex(2)}"  # per test process; names stay within IFNAMSIZ-1 (15)
 _counter = itertools.count()
 
 
@@ -22,8 +22,19 @@ def ns_run(ns: str, cmd: Sequence[str], **kw: object) -> subprocess.CompletedPro
     return run(["ip", "netns", "exec", ns, *cmd], **kw)  # type: ignore[arg-type]
 
 
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if not n:
+            return out
+
+
 def unique_name(tag: str = "") -> str:
-    return f"{PREFIX}{tag}{next(_counter)}"[:15]
+    """A namespace name no other test process or earlier name of this one uses (tag shortened to 3)."""
+    return f"{PREFIX}{tag[:3]}{_base36(next(_counter))}"
 
 
 @contextmanager

@@ -101,13 +101,17 @@ def test_an_asg_edit_reaches_running_containers_without_restarting_them(
 
 def test_force_endpoints_apply_at_once(the_cell: Cell, plane: ControlPlane, tmp_path: Path) -> None:
     store = tmp_path / "store.json"
+    # The container is in the store but its parent chain is not there yet: the first cycle skips it.
+    the_cell.add_container("c")
+    store_add(store, the_cell, "c", space="s1")
     # A poll interval and no blocking query so long that only a forced sync can explain the effect.
     agent = start_agent(tmp_path, the_cell, plane.policy, store, asg_poll_interval=3600, asg_blocking_wait=0,
                         store_check_interval_ms=3_600_000)
     try:
         wait_for(lambda: agent.status()["last_cycle"], what="the agent's first cycle")
-        add(the_cell, store, "c", "s1")
-        assert not reaches(the_cell, "c", 80)  # the CNI's lone REJECT until the agent writes the chain
+        assert not the_cell.exists(4, chains.asg_chain_name("c"))
+        the_cell.hook("c")  # what the CNI does next: the parent chain (a lone REJECT), then the force call
+        assert not reaches(the_cell, "c", 80)
         r = agent.force_container("c")
         assert r.status_code == 200, r.text
         assert reaches(the_cell, "c", 80), "a forced sync enforces before it answers"
