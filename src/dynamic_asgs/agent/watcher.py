@@ -2,7 +2,8 @@
 
 Between cycles the agent keeps one request open with ``If-None-Match: <etag>`` and
 ``wait=<seconds>``; the policy server answers the moment its dataset version changes
-(or 304 when the wait ends). A changed answer starts a cycle at once; the poll
+(or 304 when the wait ends). A changed answer starts a cycle at once, and so does a 304
+carrying a newer dataset version (to record that this cell is current); the poll
 interval stays the upper bound and the fallback. A server that does not do ETags
 (silk's) stops the watcher; one that ignores ``wait`` (answers 304 at once) is
 asked at most once per ``wait`` seconds; errors back off exponentially.
@@ -48,6 +49,9 @@ class PolicyWatcher:
         while not self._stop.is_set():
             spaces, etag = self._converger.query()
             if etag is None:
+                if self._converger.dataset_version is not None:  # fetched, but the answer had no ETag
+                    self._log.info("blocking-queries-unsupported", {"reason": "the policy server sends no ETag"})
+                    return
                 self._stop.wait(0.5)  # no cycle has fetched groups yet
                 continue
             started = time.monotonic()
@@ -63,6 +67,12 @@ class PolicyWatcher:
                 self._log.info("blocking-queries-unsupported", {"reason": "the policy server sends no ETag"})
                 return
             if result.not_modified:
+                known = self._converger.dataset_version
+                if result.dataset_version is not None and (known is None or result.dataset_version > known):
+                    # The dataset changed elsewhere; this cell's answer did not. A cycle (one 304
+                    # poll, no iptables write) records that the cell enforces the new version, so
+                    # audits see it within one wait rather than one poll interval.
+                    self._on_change()
                 elapsed = time.monotonic() - started
                 if elapsed < self._wait / 2:  # the server does not hold requests: do not spin
                     self._stop.wait(self._wait - elapsed)
