@@ -27,8 +27,10 @@ both kinds beside the Go design's worst case: the syncer's and the agent's
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import socket
 import statistics
 import sys
 import time
@@ -45,7 +47,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the test harness: processes, namespac
 from dynamic_asgs.asg import chains  # noqa: E402
 from dynamic_asgs.metadata_store import MetadataStore  # noqa: E402
 from support.cell import Cell, cell  # noqa: E402
-from support.daemons import Daemon, PolicyServer, free_port, wait_for  # noqa: E402
+from support.daemons import Daemon, PolicyServer, wait_for  # noqa: E402
 from support.stack import asg, control_plane, start_agent, store_add  # noqa: E402
 
 GO_WORST_CASE = 120.0  # syncer poll (60 s) + agent poll (60 s), the Go design's defaults
@@ -82,6 +84,22 @@ def _sim_worker(config_file: str, handles: list[str]) -> int:
     return command.run(ap.Namespace(config_file=config_file))
 
 
+_PORTS = itertools.count(20000)  # below the kernel's ephemeral range: 100 agents' outgoing connections
+                                 # would otherwise take ports handed out by free_port() before they bind
+
+
+def local_port() -> int:
+    """A free loopback port outside the ephemeral range."""
+    for port in _PORTS:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
 def start_sim_agent(directory: Path, policy: PolicyServer, n: int, containers: int, spaces: int) -> Daemon:
     directory.mkdir(parents=True)
     store = MetadataStore(directory / "store.json")
@@ -93,7 +111,7 @@ def start_sim_agent(directory: Path, policy: PolicyServer, n: int, containers: i
     config = {"policy_server_url": policy.url, "ca_cert_file": str(policy.pki.client.ca),
               "client_cert_file": str(policy.pki.client.cert), "client_key_file": str(policy.pki.client.key),
               "cni_datastore_path": str(directory / "store.json"), "iptables_lock_file": str(directory / "lock"),
-              "force_policy_poll_cycle_port": free_port(), "debug_server_port": free_port(), "metrics_port": 0,
+              "force_policy_poll_cycle_port": local_port(), "debug_server_port": local_port(), "metrics_port": 0,
               "asg_poll_interval": 60, "log_level": "info"}
     (directory / "agent.json").write_text(json.dumps(config))
     (directory / "handles.json").write_text(json.dumps(handles))

@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from dynamic_asgs.errors import ConfigError
 from dynamic_asgs.lager import Logger, parse_level
 
 __all__ = ["LocalServer", "debug_server", "force_server"]
@@ -72,8 +73,11 @@ class _Server(ThreadingHTTPServer):
 class LocalServer:
     """A small threaded HTTP server on a local address, started in the background."""
 
-    def __init__(self, host: str, port: int, routes: dict[str, Route], logger: Logger) -> None:
-        self._server = _Server((host, port), routes, logger)
+    def __init__(self, host: str, port: int, routes: dict[str, Route], logger: Logger, *, what: str) -> None:
+        try:
+            self._server = _Server((host, port), routes, logger)
+        except OSError as exc:
+            raise ConfigError(f"{what} {host}:{port}: cannot listen: {exc.strerror or exc}") from None
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"http-{port}", daemon=True)
 
     @property
@@ -85,7 +89,8 @@ class LocalServer:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever: only when it runs
+            self._server.shutdown()
         self._server.server_close()
 
 
@@ -130,7 +135,7 @@ def force_server(
         return 200, "text/plain", f"cleaned up ASGs for container {handle}"
 
     routes: dict[str, Route] = {"/force-asgs-for-container": force, "/force-orphaned-asgs-cleanup": cleanup}
-    return LocalServer(host, port, routes, logger.session("force-server"))
+    return LocalServer(host, port, routes, logger.session("force-server"), what="force_policy_poll_cycle_port")
 
 
 def debug_server(
@@ -152,4 +157,4 @@ def debug_server(
         return 200, "application/json", json.dumps(status(), indent=1, default=str)
 
     routes: dict[str, Route] = {"/log-level": log_level, "/asg-status": asg_status}
-    return LocalServer(host, port, routes, logger.session("debug-server"))
+    return LocalServer(host, port, routes, logger.session("debug-server"), what="debug_server_port")

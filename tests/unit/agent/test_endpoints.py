@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from dynamic_asgs.agent.endpoints import LocalServer, debug_server, force_server
+from dynamic_asgs.errors import ConfigError
 from dynamic_asgs.lager import Logger
 
 
@@ -97,3 +98,13 @@ def test_a_failing_status_callable_answers_500() -> None:
     for base in serve(server):
         assert requests.get(f"{base}/asg-status", timeout=5).status_code == 500
         assert requests.get(f"{base}/log-level", timeout=5).status_code == 200
+
+
+def test_a_port_in_use_is_a_configuration_error_naming_the_key() -> None:
+    taken = debug_server(host="127.0.0.1", port=0, logger=Logger("t", stream=io.StringIO()), status=dict)
+    try:
+        with pytest.raises(ConfigError, match=rf"^debug_server_port 127.0.0.1:{taken.port}: cannot listen: "
+                                              "Address already in use$"):
+            debug_server(host="127.0.0.1", port=taken.port, logger=Logger("t", stream=io.StringIO()), status=dict)
+    finally:
+        taken.stop()
