@@ -30,6 +30,7 @@ import argparse
 import itertools
 import json
 import os
+import signal
 import socket
 import statistics
 import sys
@@ -187,6 +188,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             daemon = start_sim_agent(tmp / f"sim-{n}", plane.policy, n, args.containers, spaces)
             stack.callback(daemon.stop)
             sims.append(UpdateLog(daemon, args.containers))
+        # Stop them together (each agent may take a few seconds to end its blocking query).
+        stack.callback(lambda: [os.kill(log.daemon.pid, signal.SIGTERM) for log in sims if log.daemon.running()])
         logs = [real_log, *sims]
         wait_for(lambda: all(log.enforced_at() for log in logs), timeout=60 + args.cells,
                  what="every agent's first cycle")
