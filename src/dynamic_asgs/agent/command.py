@@ -114,7 +114,7 @@ def _serve(s: AgentSettings, log: Logger, stop: threading.Event, metrics: AgentM
         _loop(s, converger, stop, wake)
     finally:
         if watcher is not None:
-            watcher.stop()
+            watcher.stop(timeout=0.5)  # a held blocking query ends with the process (daemon thread)
         for server in servers:
             server.stop()
         if emitter is not None:
