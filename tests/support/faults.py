@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from dynamic_asgs.asg import chains
-from dynamic_asgs.iptables.render import HASH_RE
 from dynamic_asgs.local.pki import Pki
 from dynamic_asgs.tls import server_context
 from support.cell import Cell
 from support.netns import ns_run
+from support.plans import chains_in_save, digest_of
 
 __all__ = ["FakePolicyServer", "TableSampler", "TcpProxy", "convergence_problems", "figures_file", "record",
            "ruleset_check"]
@@ -282,21 +282,6 @@ def figures_file(path: Path) -> Iterator[Path]:
 # -- table invariants ------------------------------------------------------------------------
 
 
-def _rules_by_chain(text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if line.startswith(":"):
-            out.setdefault(line[1:].split()[0], [])
-        elif line.startswith("-A "):
-            out.setdefault(line.split()[1], []).append(line)
-    return out
-
-
-def _digest(rule: str) -> str | None:
-    found = HASH_RE.search(rule)
-    return found.group(1) if found else None
-
-
 def ruleset_check(handles: list[str], expected: dict[int, dict[str, int]]) -> Callable[[int, str], list[str]]:
     """A sampler check: every container enforces one complete known ruleset (``expected``: family -> hash -> rules).
 
@@ -306,7 +291,7 @@ def ruleset_check(handles: list[str], expected: dict[int, dict[str, int]]) -> Ca
     """
 
     def check(version: int, text: str) -> list[str]:
-        table = _rules_by_chain(text)
+        table = chains_in_save(text)
         problems = []
         for handle in handles:
             asg, parent = chains.asg_chain_name(handle), chains.netout_chain_name(handle)
@@ -316,13 +301,13 @@ def ruleset_check(handles: list[str], expected: dict[int, dict[str, int]]) -> Ca
                     continue
                 problems.append(f"IPv{version} {handle}: no ASG chain, parent {jump}")
                 continue
-            digest = _digest(rules[0]) if rules else None
+            digest = digest_of(rules[0]) if rules else None
             if digest not in expected[version]:
                 problems.append(f"IPv{version} {handle}: ASG chain without a known ruleset hash: {rules[:1]}")
             elif len(rules) != expected[version][digest]:
                 problems.append(f"IPv{version} {handle}: {len(rules)} rules, ruleset {digest} has "
                                 f"{expected[version][digest]}")
-            if len(jump) != 2 or _digest(jump[0]) != digest or not jump[0].endswith(f"-j {asg}") \
+            if len(jump) != 2 or digest_of(jump[0]) != digest or not jump[0].endswith(f"-j {asg}") \
                     or "REJECT" not in jump[1]:
                 problems.append(f"IPv{version} {handle}: parent {jump} does not enforce ruleset {digest}")
         return problems
@@ -337,7 +322,7 @@ def convergence_problems(text: str, version: int, want: dict[str, str | None]) -
     REJECT); no owned chain other than the wanted ones (no leftover ``asg-``/``casg-``); no
     duplicate rule in any chain.
     """
-    table = _rules_by_chain(text)
+    table = chains_in_save(text)
     problems = []
     wanted_chains = {chains.asg_chain_name(h) for h, d in want.items() if d is not None}
     leftovers = sorted(n for n in table if n.startswith(("asg-", "casg-")) and n not in wanted_chains)
@@ -353,8 +338,8 @@ def convergence_problems(text: str, version: int, want: dict[str, str | None]) -
             if found is not None or len(jump) != 1 or "REJECT" not in jump[0]:
                 problems.append(f"IPv{version} {handle}: wanted no ASG chain, found {found and found[:1]}, {jump}")
             continue
-        if not found or _digest(found[0]) != digest:
+        if not found or digest_of(found[0]) != digest:
             problems.append(f"IPv{version} {handle}: wanted ruleset {digest}, found {found[:1] if found else None}")
-        if len(jump) != 2 or _digest(jump[0]) != digest:
+        if len(jump) != 2 or digest_of(jump[0]) != digest:
             problems.append(f"IPv{version} {handle}: parent {jump} does not enforce {digest}")
     return problems
