@@ -40,7 +40,7 @@ from dynamic_asgs.iptables.render import Renderer
 from dynamic_asgs.iptables.runner import Runner
 from dynamic_asgs.lager import Logger
 
-from .payload import Payload
+from .payload import Payload, Write
 from .report import ContainerChange, FamilyReport
 from .sweep import Sweep, plan_sweep
 from .table import Applied, Classified, KernelTable, classify
@@ -155,7 +155,7 @@ class FamilyCycle:
                 self._error(exc)
                 break
             self._count(stats.seconds, committed=stats.lines)
-            self._committed(kernel, cls, sweep)
+            self._committed(kernel, payload.resolved(), sweep)
         if self.state.kernel is not None:
             self.state.kernel.fresh = False
 
@@ -198,9 +198,10 @@ class FamilyCycle:
             self.deferred = dict(sweep.deferred)
         return sweep
 
-    def _committed(self, kernel: KernelTable, cls: Classified, sweep: Sweep) -> None:
+    def _committed(self, kernel: KernelTable, writes: list[Write], sweep: Sweep) -> None:
         applied = self.state.applied
-        for w in cls.writes:
+        for w in writes:
+            assert w.digest is not None
             prev = applied.get(w.handle)
             old = kernel.info.get(w.family.asg.name)
             self.changes.append(ContainerChange(
@@ -210,7 +211,7 @@ class FamilyCycle:
             ))
             applied[w.handle] = Applied(w.family, w.digest, self.now, adopted=False)
             self.outcome[w.handle] = "changed"
-        kernel.commit(cls.writes, sweep.closes, sweep.deletes)
+        kernel.commit(writes, sweep.closes, sweep.deletes)
         self.deleted += sweep.deletes
         self.closed += sweep.closes
 

@@ -25,6 +25,8 @@ Goals and the mechanism serving each:
 * **Stream** — lines are generated each time the payload is iterated (the runner
   iterates once to write and, on a refusal, once more for the numbered context);
   the payload holds references to the plans, never their rendered lines.
+* **Hash while the kernel works** — writes without a digest get it computed as
+  their lines are generated (:meth:`Payload.resolved` returns them with it).
 * **Never an empty transaction** — building one with nothing to do is an error;
   callers check :attr:`Step.empty` first.
 """
@@ -44,11 +46,16 @@ __all__ = ["Owner", "Payload", "Write"]
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """One container's chains to write in this family, with their content hash."""
+    """One container's chains to write in this family, with their content hash.
+
+    ``digest`` is None when nothing had to be compared with it (no chain of that name
+    in the kernel): the payload then hashes the container while the restore streams,
+    so hashing overlaps the kernel's work instead of preceding it.
+    """
 
     handle: str
     family: FamilyChains
-    digest: str
+    digest: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,7 @@ class Payload:
         self.closes = tuple(closes)
         self.deletes = tuple(deletes)
         self._renderer = renderer or Renderer()
+        self._digests: dict[str, str] = {}
         self._starts: list[int] = []
         self._owners: list[Owner] = []
         self._lines = self._layout()
@@ -127,6 +135,19 @@ class Payload:
             return None
         return self._owners[bisect.bisect_right(self._starts, line) - 1]
 
+    def digest(self, w: Write) -> str:
+        """``w``'s content hash (computed once, on first need)."""
+        if w.digest is not None:
+            return w.digest
+        found = self._digests.get(w.handle)
+        if found is None:
+            found = self._digests[w.handle] = self._renderer.digest(w.family)
+        return found
+
+    def resolved(self) -> list[Write]:
+        """The writes, each with its digest."""
+        return [w if w.digest is not None else Write(w.handle, w.family, self.digest(w)) for w in self.writes]
+
     def __iter__(self) -> Iterator[str]:
         yield "*filter"
         for w in self.writes:
@@ -138,7 +159,7 @@ class Payload:
         rules = self._renderer.rules
         for w in self.writes:
             yield f"-F {w.family.parent.name}"
-            yield from rules(w.family, w.digest)
+            yield from rules(w.family, self.digest(w))
         reject = " ".join(chains.reject(self.version))
         for name in self.closes:
             yield f"-F {name}"

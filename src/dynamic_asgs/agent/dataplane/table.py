@@ -188,8 +188,14 @@ def classify(
             continue
         prev = applied.get(handle)
         known = prev is not None and same_content(prev.family, family)
-        digest = prev.digest if known and prev is not None else renderer.digest(family)
-        if handle not in force and kernel.matches(family, digest):
+        digest: str | None
+        if known and prev is not None:
+            digest = prev.digest
+        elif handle not in force and family.asg.name in kernel.info:
+            digest = renderer.digest(family)  # something to compare with: hash now
+        else:
+            digest = None  # it will be written: the payload hashes it while the restore streams
+        if digest is not None and handle not in force and kernel.matches(family, digest):
             if prev is None or prev.digest != digest:
                 applied[handle] = Applied(family, digest, now, adopted=True)
                 out.adopted.append(handle)
