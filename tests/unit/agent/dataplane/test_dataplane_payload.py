@@ -55,3 +55,11 @@ def test_every_line_has_its_owner() -> None:
 def test_never_an_empty_transaction() -> None:
     with pytest.raises(ValueError, match="empty"):
         Payload(4, [])
+
+
+def test_a_write_without_a_digest_is_hashed_as_it_streams_and_resolved_once() -> None:
+    known, lazy = write("a"), write("b")
+    unhashed = Write(lazy.handle, lazy.family, None)
+    payload = Payload(4, [known, unhashed])
+    assert list(payload) == list(Payload(4, [known, lazy]))  # the same lines, hash comments included
+    assert [w.digest for w in payload.resolved()] == [known.digest, lazy.digest]
