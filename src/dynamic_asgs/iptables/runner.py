@@ -13,9 +13,13 @@ Goals and the mechanism serving each:
   prefix (``ip netns exec NS``) runs them inside a network namespace, for tests
   and the local environment.
 * **A million rules in little memory** — a restore payload is streamed to the
-  tool's stdin in chunks while it is generated (Python generation overlaps the
-  tool's parsing, and the payload is never held whole); ``iptables-save`` output
-  is parsed as it streams (:mod:`.saved`).
+  tool's stdin in chunks while it is generated (the payload is never held whole);
+  ``iptables-save`` output is parsed as it streams (:mod:`.saved`).
+* **Generation overlaps the tool's parsing** — chunks are small (256 lines, about
+  32 KiB) and the pipe is widened to 1 MiB, so a write never waits for the tool
+  to drain a chunk it is still parsing. With the 64 KiB default pipe and
+  2,048-line chunks the two took turns: a full sync of 10k rules took 1.38x a
+  raw restore from a file; 1.10x with these settings (``bench/dataplane.py``).
 * **Errors at one boundary** — a tool that cannot run or fails becomes
   :class:`~dynamic_asgs.errors.IptablesError`; a refused payload becomes
   :class:`~dynamic_asgs.errors.RestoreError` with the failing line number and the
@@ -26,6 +30,7 @@ Goals and the mechanism serving each:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import re
 import subprocess
@@ -45,7 +50,8 @@ __all__ = ["BACKENDS", "IptablesRunner", "RestoreStats", "Runner", "commands_for
 
 #: Backends :func:`commands_for` knows; ``None`` means the system's default alternative.
 BACKENDS = ("legacy", "nft")
-_CHUNK = 2048
+_CHUNK = 256  # lines per write
+_PIPE_SIZE = 1 << 20  # bytes; /proc/sys/fs/pipe-max-size binds only unprivileged processes
 _LINE_RES = (re.compile(r"line (\d+) failed"), re.compile(r"Error occurred at line: (\d+)"))
 
 
@@ -180,6 +186,7 @@ class IptablesRunner:
         with locked(self.lock_file, timeout=self.lock_timeout) as waited, tempfile.TemporaryFile() as err:
             start = time.monotonic()
             proc = self._spawn(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+            _widen(proc)
             with _Watchdog(proc, self.timeout, cmd) as dog:
                 count = _feed(proc, payload)
                 status = dog.wait()
@@ -231,6 +238,13 @@ class _Watchdog:
         if self._fired.is_set():
             raise IptablesError(f"{' '.join(self._cmd)}: no answer within {self._seconds:g}s (killed)")
         return status
+
+
+def _widen(proc: subprocess.Popen[Any]) -> None:
+    """Give the tool's stdin pipe room for several chunks (best effort: a smaller pipe only costs overlap)."""
+    assert proc.stdin is not None
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
 
 
 def _feed(proc: subprocess.Popen[Any], payload: Iterable[str]) -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from dynamic_asgs.errors import IptablesError, RestoreError
+from dynamic_asgs.iptables import runner as runner_module
 from dynamic_asgs.iptables.runner import IptablesRunner, commands_for, error_context
 
 
@@ -34,6 +36,28 @@ def test_streams_the_payload_with_wait_and_noflush(tmp_path: Path) -> None:
     stats = r.restore(iter(lines))
     assert stats.lines == 10_002 and got.read_text().splitlines() == lines
     assert Path(f"{got}.args").read_text().split() == ["-w", "8", "--noflush"]
+
+
+def test_the_tools_pipe_holds_several_chunks_so_generation_never_waits_for_parsing(tmp_path: Path) -> None:
+    got = tmp_path / "pipe-size"
+    probe = f"import fcntl, sys; open({str(got)!r}, 'w').write(str(fcntl.fcntl(0, 1032))); sys.stdin.read()"
+    restore = tool(tmp_path, "restore", f'exec {sys.executable} -c "{probe}"\n')  # 1032: F_GETPIPE_SZ
+    r = IptablesRunner(version=4, restore_cmd=restore, save_cmd="unused", lock_file=tmp_path / "lock")
+    r.restore(["*filter", "COMMIT"])
+    assert int(got.read_text()) >= 1 << 20
+
+
+def test_a_pipe_that_cannot_be_widened_still_carries_the_whole_payload(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> int:
+        raise PermissionError(1, "Operation not permitted")  # an unprivileged agent above pipe-max-size
+
+    monkeypatch.setattr(runner_module.fcntl, "fcntl", refuse)
+    got = tmp_path / "got"
+    restore = tool(tmp_path, "restore", f"cat > {got}\n")
+    r = IptablesRunner(version=4, restore_cmd=restore, save_cmd="unused", lock_file=tmp_path / "lock")
+    lines = ["*filter", *(f"-A asg-x -j ACCEPT #{i}" for i in range(5_000)), "COMMIT"]
+    assert r.restore(lines).lines == 5_002 and got.read_text().splitlines() == lines
 
 
 @pytest.mark.parametrize("stderr", ["iptables-restore: line 3 failed\n",
