@@ -126,6 +126,7 @@ class Measurements:
         self._interfaces = interfaces
         self._log = logger.session("measure")
         self._failing: dict[str, str] = {}
+        self._tables: dict[int, set[str]] = {}  # per family, the tables of the last count
         for name in (*(f"iptables_v{c.version}" for c in counters), "interfaces", "overlay"):
             metrics.errors.labels(measurement=name)  # exported as 0 before the first failure
 
@@ -140,8 +141,12 @@ class Measurements:
     def _rules(self, counter: RuleCounter) -> Callable[[], None]:
         def measure() -> None:
             counts = counter.count_rules()
+            family = str(counter.version)
+            for table in self._tables.get(counter.version, set()) - set(counts):
+                self._m.table_rules.remove(family, table)  # a table no longer loaded is not "0 rules"
             for table, n in counts.items():
-                self._m.table_rules.labels(family=str(counter.version), table=table).set(n)
+                self._m.table_rules.labels(family=family, table=table).set(n)
+            self._tables[counter.version] = set(counts)
             if counter.version == 4:
                 self._m.rule_count.set(counts.get("filter", 0) + counts.get("nat", 0))
         return measure

@@ -95,5 +95,20 @@ def test_one_failing_measurement_hides_nothing_else_and_is_counted_and_logged_on
     assert samples(metrics)[("netmon_measurement_up", (("measurement", "iptables_v6"),))] == 1
 
 
+def test_a_table_that_disappears_stops_being_reported(tmp_path: Path) -> None:
+    v4 = FakeCounter(4, {"filter": 10, "nat": 4, "raw": 2})
+    m, metrics, _ = make(tmp_path, [v4])
+    m.poll()
+    assert samples(metrics)[("iptables_table_rules", (("family", "4"), ("table", "raw")))] == 2
+    v4.counts = {"filter": 12, "nat": 4}  # the raw table was unloaded (a netns recreated, a module removed)
+    m.poll()
+    got = samples(metrics)
+    assert ("iptables_table_rules", (("family", "4"), ("table", "raw"))) not in got
+    assert got[("iptables_table_rules", (("family", "4"), ("table", "filter")))] == 12
+    v4.counts = FileNotFoundError("iptables-save: not found")
+    m.poll()  # a failed count keeps the last figures: it says nothing about which tables exist
+    assert samples(metrics)[("iptables_table_rules", (("family", "4"), ("table", "filter")))] == 12
+
+
 def test_overlay_stats_reads_sysfs(tmp_path: Path) -> None:
     assert overlay_stats("silk-vtep", sysfs(tmp_path, "silk-vtep", **STATS)) == STATS
