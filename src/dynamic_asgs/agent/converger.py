@@ -250,6 +250,7 @@ class Converger:
             self._metrics.restores.labels(family=family).inc(fam.commits)
             self._metrics.restore_failures.labels(family=family).inc(fam.restores - fam.commits)
             self._metrics.payload_lines.labels(family=family).inc(fam.payload_lines)
+            self._metrics.lock_wait.labels(family=family).inc(fam.lock_wait_seconds)
 
     def _account(self, report: ApplyReport, planned: Mapping[str, ContainerChains], *, partial: bool) -> None:
         """Log and announce changes; record which dataset version each container enforces."""

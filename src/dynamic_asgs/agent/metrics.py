@@ -11,6 +11,7 @@ Prometheus (this project)                                    Go (silk vxlan-poli
 ``asg_cycles_total{kind,result}``                            (new) full / forced / cleanup; ok / error
 ``asg_restores_total{family}`` / ``..._failures_total``       (new) kernel commits and refused payloads
 ``asg_payload_lines_total{family}``                          (new) restore lines written
+``asg_iptables_lock_wait_seconds_total{family}``             (new) restores waiting for the lock file
 ``asg_containers{state}`` (gauge)                            (new) enforced / skipped / failed
 ``asg_container_rules`` (gauge)                              (new) accept rules enforced on the cell
 ``asg_container_updates_total``                              (new) containers whose rules changed
@@ -53,6 +54,8 @@ class AgentMetrics:
         self.restores = Counter("asg_restores", "iptables-restore commits", ["family"], registry=r)
         self.restore_failures = Counter("asg_restore_failures", "Refused iptables-restore payloads", ["family"],
                                         registry=r)
+        self.lock_wait = Counter("asg_iptables_lock_wait_seconds", "Time restores waited for the iptables lock file "
+                                 "(held by the CNI or netmon)", ["family"], registry=r)
         self.payload_lines = Counter("asg_payload_lines", "iptables-restore lines written", ["family"], registry=r)
         self.containers = Gauge("asg_containers", "Containers with ASG chains by state", ["state"], registry=r)
         self.rules = Gauge("asg_container_rules", "Accept rules enforced on the cell", registry=r)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from dynamic_asgs.agent.dataplane import cycle as cycle_module
 from dynamic_asgs.asg import chains
 from dynamic_asgs.asg.translate import Chain, ChainSettings, ContainerChains, GroupIndex
+from dynamic_asgs.filelock import locked
 from support.cell import Cell, cell
 from support.env import BACKENDS, require_backend
 from support.plans import container, dataplane, groups_for, log_events, plan
@@ -154,6 +157,32 @@ def test_a_restarted_agent_over_a_correct_table_writes_nothing(env: Cell, tmp_pa
     assert len([line for line in invoked if "-save" in line]) == 2  # one read per family
     assert sorted(report["adopted_handles"]) == ["a", "b", "c"] and report["changed_handles"] == []
     assert env.probe("b", "tcp", D2, 80) == "ok"
+
+
+def test_a_wait_for_the_cni_s_lock_is_counted_and_a_long_one_logged(env: Cell,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cycle_module, "LOCK_WAIT_LOGGED", 0.2)
+    wire(env, "a")
+    dp, log = dataplane(env.runners())
+    assert dp.apply({"a": planned(env, "a", "to-d1")}).families[4].lock_wait_seconds < 0.2  # nobody holds it
+    held, release = threading.Event(), threading.Event()
+
+    def cni() -> None:  # the CNI, mid-ADD, holding the lock file
+        with locked(env.lock_file, timeout=5):
+            held.set()
+            release.wait(0.6)
+
+    holder = threading.Thread(target=cni)
+    holder.start()
+    try:
+        held.wait(5)
+        report = dp.apply({"a": planned(env, "a", "to-d2")})
+    finally:
+        release.set()
+        holder.join()
+    assert report.changed == ("a",) and report.families[4].lock_wait_seconds >= 0.2
+    assert [e["version"] for e in log_events(log, "iptables-lock-waited")] == [4]
+    assert env.probe("a", "tcp", D2, 80) == "ok"
 
 
 def _with_bad_rule(good: ContainerChains, argv: tuple[str, ...]) -> ContainerChains:

@@ -45,7 +45,10 @@ from .report import ContainerChange, FamilyReport
 from .sweep import Sweep, plan_sweep
 from .table import Applied, Classified, KernelTable, classify
 
-__all__ = ["FamilyCycle", "FamilyState", "SweepSpec"]
+__all__ = ["LOCK_WAIT_LOGGED", "FamilyCycle", "FamilyState", "SweepSpec"]
+
+#: A wait for the iptables lock file at least this long (seconds) is logged; any wait is counted.
+LOCK_WAIT_LOGGED = 1.0
 
 
 @dataclass
@@ -113,6 +116,7 @@ class FamilyCycle:
         self.commits = 0
         self.payload_lines = 0
         self.restore_seconds = 0.0
+        self.lock_wait_seconds = 0.0
         self.read_seconds: float | None = None
         self.error: str | None = None
         self._exclude_chains: set[str] = set()
@@ -124,7 +128,7 @@ class FamilyCycle:
         """This family's figures for the call's report."""
         return FamilyReport(self.version, restores=self.restores, commits=self.commits,
                             payload_lines=self.payload_lines, restore_seconds=self.restore_seconds,
-                            read_seconds=self.read_seconds, error=self.error)
+                            lock_wait_seconds=self.lock_wait_seconds, read_seconds=self.read_seconds, error=self.error)
 
     def run(self) -> None:
         """Bring this family's table to the wanted state, as far as it can this call."""
@@ -155,6 +159,7 @@ class FamilyCycle:
                 self._error(exc)
                 break
             self._count(stats.seconds, committed=stats.lines)
+            self._waited(stats.lock_wait)
             self._committed(kernel, payload.resolved(), sweep)
         if self.state.kernel is not None:
             self.state.kernel.fresh = False
@@ -281,6 +286,11 @@ class FamilyCycle:
         if self.outcome.get(handle) != "changed":
             self.outcome[handle] = outcome
             self.reasons[handle] = reason
+
+    def _waited(self, seconds: float) -> None:
+        self.lock_wait_seconds += seconds
+        if seconds >= LOCK_WAIT_LOGGED:
+            self.log.info("iptables-lock-waited", {"version": self.version, "seconds": round(seconds, 3)})
 
     def _count(self, seconds: float, *, committed: int) -> None:
         self.restores += 1

@@ -33,13 +33,18 @@ class ContainerChange:
 
 @dataclass(frozen=True, slots=True)
 class FamilyReport:
-    """One family's share of a call: restores (refused ones included), lines committed, time spent."""
+    """One family's share of a call: restores (refused ones included), lines committed, time spent.
+
+    ``lock_wait_seconds`` is the time the successful restores waited for the iptables lock
+    file (held by the CNI or netmon), not counted in ``restore_seconds``.
+    """
 
     version: int
     restores: int = 0
     commits: int = 0
     payload_lines: int = 0
     restore_seconds: float = 0.0
+    lock_wait_seconds: float = 0.0
     read_seconds: float | None = None
     error: str | None = None
 
