@@ -108,8 +108,10 @@ class Monit:
         """Start monit in the foreground as our child; return once its CLI interface answers."""
         self.check_syntax()
         log = (self.state / "daemon.out").open("wb")
+        # cwd: a root-only directory, as a checkout under /root would be. The jobs must not depend on
+        # the working directory they inherit (uvicorn's spawned workers chdir to it, as the vcap user).
         self._daemon = subprocess.Popen([_monit_binary(), "-I", "-c", str(self.control)], stdout=log,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.state)
         log.close()
         deadline = time.monotonic() + timeout
         while self.run("summary", check=False).returncode != 0:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from support.daemons import wait_for
-from support.env import require_root_netns, require_tools
+from support.env import require, require_root_netns, require_tools
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "asgs.yml"
 MARKETING = "8c5f0c7e-0000-4000-8000-00000000000c"
@@ -123,11 +123,16 @@ def test_local_up_enforces_live_edits_and_down_leaves_nothing(env: Env) -> None:
     assert not env.state.exists() and env.asgs.exists()  # its own files gone, the user's ASG file kept
 
 
+NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+
+
 def test_local_up_without_root_says_what_it_needs(tmp_path: Path) -> None:
     require_tools("setpriv")
+    readable = subprocess.run([*NOBODY, sys.executable, "-c", "import dynamic_asgs.cli"], capture_output=True,
+                              check=False).returncode == 0
+    require(readable, "a checkout and venv that an unprivileged user (uid 65534) can read")
     tmp_path.chmod(0o777)
-    r = local("up", "--state-dir", str(tmp_path / "state"), user=("setpriv", "--reuid=65534", "--regid=65534",
-                                                                   "--clear-groups"))
+    r = local("up", "--state-dir", str(tmp_path / "state"), user=NOBODY)
     assert r.returncode == 2 and "needs root" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "state").exists()
 
