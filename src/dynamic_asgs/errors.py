@@ -9,11 +9,13 @@ Subprocess, HTTP and database errors are turned into these at one boundary each
     ├── InputError           bad input file given to a tool (exit 2)
     ├── ValidationError      a security group fails validation
     │   └── RuleError        one rule: names the group, the rule index, the field, the reason
+    ├── RenderRefused        the renderer refused a token of one container's chains (names the container)
     ├── StoreError           the container metadata store is missing, torn or corrupt
     ├── IptablesError        iptables-save / iptables-restore failed
     │   ├── LockTimeout      the iptables lock was not acquired within the bound
     │   └── RestoreError     a restore payload was refused (carries the failing line)
     ├── UpstreamError        Cloud Controller, UAA or the policy server answered badly
+    │   ├── RefusedRequest   the peer refused the request itself (HTTP 4xx): repeating it will not help
     │   └── UnstableListing  the ASG listing changed while it was being paged
     ├── DatabaseError        the policy DB failed
     └── LeaseLost            this syncer no longer holds the active lease
@@ -29,6 +31,8 @@ __all__ = [
     "IptablesError",
     "LeaseLost",
     "LockTimeout",
+    "RefusedRequest",
+    "RenderRefused",
     "RestoreError",
     "RuleError",
     "StoreError",
@@ -69,6 +73,15 @@ class RuleError(ValidationError):
         super().__init__(f"security group {group}: rules[{index}]: {field}: {reason}")
 
 
+class RenderRefused(DynamicASGsError):
+    """The renderer refused a token of one container's chains; ``handle`` names the container."""
+
+    def __init__(self, handle: str, cause: Exception) -> None:
+        self.handle = handle
+        self.cause = cause
+        super().__init__(f"container {handle!r}: {cause}")
+
+
 class StoreError(DynamicASGsError):
     """The container metadata store cannot be read."""
 
@@ -96,6 +109,14 @@ class RestoreError(IptablesError):
 
 class UpstreamError(DynamicASGsError):
     """A remote service (Cloud Controller, UAA, policy server) failed or answered badly."""
+
+
+class RefusedRequest(UpstreamError):
+    """The peer refused the request itself (an HTTP 4xx answer other than 429); ``status`` is the code."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 class UnstableListing(UpstreamError):

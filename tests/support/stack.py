@@ -2,8 +2,9 @@
 
 * :func:`control_plane` starts the CC stand-in, the syncer and the policy server (SQLite)
   with short intervals and stops them afterwards.
-* :func:`cell_tools` writes wrapper scripts that run a backend's iptables tools inside
-  the cell namespace, so daemons in the root namespace (where the policy server's
+* :func:`cell_tools` writes wrapper scripts that run a backend's iptables tools (restore,
+  save and the plain tool the agent lists single chains with) inside the cell
+  namespace, so daemons in the root namespace (where the policy server's
   loopback port is) manage the cell's tables and never the root namespace's.
 * :func:`start_agent` runs ``vxlan-policy-agent`` for a cell; :class:`Agent` drives its
   local endpoints.
@@ -77,11 +78,12 @@ def cell_tools(cell: Cell, directory: Path) -> dict[str, str]:
     directory.mkdir(parents=True, exist_ok=True)
     keys = {}
     for version, prefix in ((4, "iptables"), (6, "ip6tables")):
-        for kind in ("restore", "save"):
-            path = directory / f"{prefix}-{kind}"
+        for kind in ("restore", "save", ""):
+            path = directory / (f"{prefix}-{kind}" if kind else prefix)
             path.write_text(f"#!/bin/sh\nexec ip netns exec {cell.ns} {cell.tool(version, kind)} \"$@\"\n")
             path.chmod(0o755)
-            keys[f"{prefix}_{kind}_command"] = str(path)
+            if kind:
+                keys[f"{prefix}_{kind}_command"] = str(path)
     return keys
 
 
@@ -135,6 +137,9 @@ def start_agent(tmp_path: Path, cell: Cell, policy: PolicyServer, store: Path, *
         "cni_datastore_path": str(store), "iptables_lock_file": str(cell.lock_file),
         "asg_poll_interval": 1, "force_policy_poll_cycle_port": free_port(), "debug_server_port": free_port(),
         "metrics_port": free_port(), "enable_ipv6": True, "underlay_ips": ["198.18.0.1"],
+        # Cell.hook plays a CNI that is done once the parent exists (ours forces a sync; a test that plays
+        # silk's cni-wrapper-plugin sets the settle time it needs).
+        "new_container_settle_seconds": 0,
         **cell_tools(cell, directory / "bin"), **overrides,
     }
     config_file = directory / "vxlan-policy-agent.json"

@@ -2,22 +2,35 @@
 
 The loop runs a full cycle at start, then whenever the poll interval elapses, the
 container store changes (a new or removed container), a blocking query reports an
-ASG change, or an operator forces one. The CNI's force calls run in the force
-server's threads, serialised with cycles by the converger's lock. With
+ASG change, or an operator forces one. Between cycles it runs settle passes when a
+new container waits for its CNI or a written one is watched (:mod:`.dataplane.settle`),
+and every ``kernel_verify_interval_seconds`` (at least twenty times what a whole-table
+read last cost, so verifying never takes more than about 5% of a core) the next cycle
+reads the whole table, which finds and repairs drift. The CNI's force calls run in
+the force server's threads, serialised with cycles by the converger's lock. With
 ``enable_asg_syncing: false`` the agent touches no iptables at all and the force
 endpoints answer 405 (the CNI then installs static rules). SIGTERM/SIGINT stop it.
+
+Nothing a peer sends ends the process: a cycle that fails unexpectedly is logged
+(``cycle-crashed``, with the traceback), counted, and the loop goes on.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 import signal
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from dynamic_asgs.agent.converger import Converger
 from dynamic_asgs.agent.dataplane import Dataplane
+from dynamic_asgs.agent.dataplane.settle import SettleSettings
 from dynamic_asgs.agent.endpoints import LocalServer, debug_server, force_server
 from dynamic_asgs.agent.metrics import AgentMetrics
 from dynamic_asgs.agent.settings import AgentSettings, load_settings
@@ -30,7 +43,8 @@ from dynamic_asgs.policy.client import PolicyClient
 
 __all__ = ["add_arguments", "run"]
 
-_RESYNC_SECONDS = 600.0  # re-read the kernel now and then to catch outside edits
+#: A whole-table read (verification) costs at most this share of the time between two.
+_VERIFY_SHARE = 20.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,9 +111,11 @@ def _serve(s: AgentSettings, log: Logger, stop: threading.Event, metrics: AgentM
         emitter = AppLogEmitter(address=lg.address, ca_file=lg.ca_file, cert_file=lg.cert_file,
                                 key_file=lg.key_file, logger=log)
     client, watch_client = _client(s), _client(s)
-    converger = Converger(view=StoreView(MetadataStore(s.store_path), log), policy=client,
-                          dataplane=Dataplane(runners=runners, logger=log), settings=s.chains, logger=log,
-                          metrics=metrics, emitter=emitter)
+    settle = SettleSettings(settle_seconds=s.settle_seconds, watch_seconds=s.watch_seconds,
+                            recheck=s.store_check_interval, max_recheck=s.poll_interval)
+    dataplane = Dataplane(runners=runners, logger=log, settle=settle, fingerprint_file=s.fingerprint_file)
+    converger = Converger(view=StoreView(MetadataStore(s.store_path), log), policy=client, dataplane=dataplane,
+                          settings=s.chains, logger=log, metrics=metrics, emitter=emitter)
     wake = threading.Event()
     servers: list[LocalServer] = [
         force_server(host=s.force_host, port=s.force_port, enabled=True, sync_container=converger.sync_container,
@@ -111,7 +127,7 @@ def _serve(s: AgentSettings, log: Logger, stop: threading.Event, metrics: AgentM
         watcher = PolicyWatcher(policy=watch_client, converger=converger, wait=s.blocking_wait,
                                 on_change=wake.set, logger=log).start()
     try:
-        _loop(s, converger, stop, wake)
+        _loop(s, converger, stop, wake, log, metrics)
     finally:
         if watcher is not None:
             watcher.stop(timeout=0.5)  # a held blocking query ends with the process (daemon thread)
@@ -124,25 +140,55 @@ def _serve(s: AgentSettings, log: Logger, stop: threading.Event, metrics: AgentM
     return 0
 
 
-def _loop(s: AgentSettings, converger: Converger, stop: threading.Event, wake: threading.Event) -> None:
-    next_poll = next_resync = time.monotonic()
-    kind = "full"
+def _guarded(step: Callable[[], Any], kind: str, log: Logger, metrics: AgentMetrics) -> None:
+    """Run one step of the loop; an unexpected failure is logged and counted, never fatal."""
+    try:
+        step()
+    except Exception as exc:  # the daemon outlives any input (issue 13): log, count, go on
+        log.error("cycle-crashed", exc, {"kind": kind, "effect": "current rules kept; retried next cycle",
+                                         "traceback": traceback.format_exc(limit=20)[-4000:]})
+        metrics.cycles.labels(kind=kind, result="crash").inc()
+
+
+def _next_verify(s: AgentSettings, converger: Converger, verified_at: float) -> float:
+    """When the next whole-table read is due (monotonic).
+
+    Every ``verify_interval``; sooner after a write (its fingerprints are learned by the
+    next read, so the window in which an edit could be learned as ours stays short), but
+    never more often than a read every twenty times what one costs.
+    """
+    gap = _VERIFY_SHARE * converger.last_read_seconds
+    due = verified_at + max(s.verify_interval, gap)
+    if converger.last_write > verified_at:
+        due = min(due, max(converger.last_write, verified_at + gap) + s.store_check_interval)
+    return due
+
+
+def _loop(s: AgentSettings, converger: Converger, stop: threading.Event, wake: threading.Event, log: Logger,
+          metrics: AgentMetrics) -> None:
+    verified_at, kind = -math.inf, "full"
     while not stop.is_set():
-        now = time.monotonic()
-        if now >= next_resync:
-            converger.invalidate_kernel()
-            next_resync = now + _RESYNC_SECONDS
-        converger.cycle(kind)
+        if time.monotonic() >= _next_verify(s, converger, verified_at):
+            verified_at = time.monotonic()  # before the cycle: what it writes is learned by the next read
+            converger.invalidate_kernel()  # this cycle reads the whole table: drift is found and repaired
+        _guarded(functools.partial(converger.cycle, kind), kind, log, metrics)
         next_poll = time.monotonic() + s.poll_interval
         while not stop.is_set():
             if wake.is_set():
                 wake.clear()
                 kind = "policy-change"
                 break
-            if time.monotonic() >= next_poll:
+            now = time.monotonic()
+            next_verify = _next_verify(s, converger, verified_at)
+            if now >= next_poll or now >= next_verify:
                 kind = "full"
                 break
             if converger.store_changed():
                 kind = "store-change"
                 break
-            stop.wait(min(s.store_check_interval, max(0.0, next_poll - time.monotonic())))
+            look = converger.next_look()
+            if look is not None and look <= time.time():
+                _guarded(converger.settle, "settle", log, metrics)
+                continue
+            until_look = max(0.0, look - time.time()) if look is not None else s.store_check_interval
+            stop.wait(min(s.store_check_interval, until_look, max(0.0, min(next_poll, next_verify) - now)))

@@ -25,9 +25,10 @@ from typing import Any, Protocol
 from dynamic_asgs.agent.dataplane import Dataplane
 from dynamic_asgs.agent.dataplane.report import ApplyReport
 from dynamic_asgs.agent.metrics import AgentMetrics
+from dynamic_asgs.agent.refused_spaces import RefusedSpaces
 from dynamic_asgs.asg.model import Container, SecurityGroup
 from dynamic_asgs.asg.translate import ChainSettings, ContainerChains, GroupIndex, plan_container
-from dynamic_asgs.errors import DynamicASGsError, StoreError, UpstreamError
+from dynamic_asgs.errors import DynamicASGsError, RefusedRequest, StoreError, UpstreamError
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.metadata_store import StoreView
 from dynamic_asgs.policy.client import Result
@@ -89,11 +90,19 @@ class Converger:
         self.dataset_changed_at: float | None = None
         self._enforced: dict[str, Enforced] = {}
         self._invalid_logged: set[str] = set()
+        self._dropped_logged: set[str] = set()
+        self._refused = RefusedSpaces()
         self._store_errors = 0
         self._latency_version: int | None = None
         self.last_cycle: dict[str, Any] = {}
         self.policy_error: str | None = None
         self.policy_ok_at: float | None = None
+        self.drift_repaired = 0
+        #: Seconds the last whole-table read took (all families); paces verification.
+        self.last_read_seconds = 0.0
+        #: When (monotonic) a cycle last wrote chains: their fingerprints are learned at the next read.
+        self.last_write = 0.0
+        self.last_drift: dict[str, Any] | None = None
 
     # -- entry points --------------------------------------------------------------------
 
@@ -128,17 +137,25 @@ class Converger:
             report = self._dataplane.apply_one(plan)
             self._metrics.enforce.labels(kind="forced").observe(time.monotonic() - started)
             self._account(report, {handle: plan}, partial=True)
-            problem = report.failed.get(handle) or report.skipped.get(handle)
+            problem = report.refused.get(handle) or report.failed.get(handle) or report.skipped.get(handle)
             self._metrics.cycles.labels(kind="forced", result="error" if problem else "ok").inc()
             if problem:
                 raise RuntimeError(problem)
 
     def cleanup_container(self, handle: str) -> None:
-        """Remove the chains of every container no longer in the store (the CNI's DEL call)."""
+        """Remove the chains of every container no longer in the store (the CNI's DEL call).
+
+        ``handle`` names the container the CNI is deleting; its chains go only once its
+        store entry is gone (the CNI removes the entry first): a container still in the
+        store is never unprotected by a cleanup call.
+        """
         with self._lock:
             self._refresh_store()
             self._require_store()
-            live = set(self._view.containers) - {handle}
+            live = set(self._view.containers)
+            if handle in live:
+                self._log.info("cleanup-kept-live-container", {"handle": handle,
+                                                                "reason": "still in the container metadata store"})
             started = time.monotonic()
             report = self._dataplane.remove_orphans(live)
             self._metrics.cleanup.observe(time.monotonic() - started)
@@ -149,6 +166,36 @@ class Converger:
             if not report.ok:
                 reasons = [f.error for f in report.families.values() if f.error]
                 raise RuntimeError("; ".join(reasons) or "cleanup incomplete")
+
+    def settle(self) -> ApplyReport | None:
+        """Look again at containers waiting for their CNI or watched after a write (no policy request).
+
+        Plans them from the groups already fetched; a container whose space those do
+        not cover waits for the next full cycle.
+        """
+        with self._lock:
+            looking = self._dataplane.looking()
+            if self._index is None or not looking:
+                return None
+            self._refresh_store()
+            plans: dict[str, ContainerChains] = {}
+            for handle in looking:
+                container = self._view.containers.get(handle)
+                if container is None or not container.policy_group_id or container.space_id not in self._spaces:
+                    continue
+                plan = plan_container(container, self._index, self._settings)
+                if plan is not None:
+                    plans[handle] = plan
+            started = time.monotonic()
+            report = self._dataplane.settle(plans)
+            self._metrics.enforce.labels(kind="settle").observe(time.monotonic() - started)
+            self._account(report, plans, partial=True)
+            self._metrics.cycles.labels(kind="settle", result="ok" if report.ok else "error").inc()
+            return report
+
+    def next_look(self) -> float | None:
+        """When (clock time) a waiting or watched container is next due a look."""
+        return self._dataplane.next_look()
 
     def query(self) -> tuple[frozenset[str], str | None]:
         """The spaces and ETag of the current groups (for the blocking-query watcher)."""
@@ -182,7 +229,24 @@ class Converger:
             raise StoreError(f"container metadata store not read yet, keeping every chain: {self._view.last_error}")
 
     def _refresh_groups(self, spaces: Collection[str]) -> None:
-        spaces = frozenset(spaces)
+        """Fetch the groups of ``spaces``, setting aside any space the server refuses (issue 13)."""
+        ask = self._refused.askable(spaces, self._clock())
+        try:
+            self._fetch_groups(ask)
+        except RefusedRequest as exc:
+            if not ask:
+                raise
+            bad = self._refused.isolate(ask, self._policy.fetch, self._clock(), exc)
+            for space in sorted(bad):
+                self._log.error("space-refused-by-policy-server", self._refused.reasons()[space],
+                                {"space_guid": space, "effect": "its containers keep their current rules; "
+                                 "the others are updated"})
+            self._fetch_groups(ask - bad)
+            ask = ask - bad
+        self._refused.accepted(ask)
+        self._metrics.refused_spaces.set(len(self._refused.reasons()))
+
+    def _fetch_groups(self, spaces: frozenset[str]) -> None:
         same = self._index is not None and spaces == self._spaces
         started = time.monotonic()
         try:
@@ -205,10 +269,19 @@ class Converger:
             return
         self._index = GroupIndex(result.groups)
         self._etag, self._spaces = result.etag, spaces
+        self._log_dropped(result.dropped)
         self._log_invalid(result.groups)
         self._metrics.invalid_rules.set(sum(len(g.invalid_rules) for g in result.groups))
         if self.dataset_version is not None:
             self._metrics.version.set(self.dataset_version)
+
+    def _log_dropped(self, dropped: Iterable[str]) -> None:
+        current = set(dropped)
+        for message in sorted(current - self._dropped_logged):
+            self._log.error("security-group-dropped-invalid", message, {"effect": "the group grants nothing "
+                                                                                   "(fail closed); the others apply"})
+        self._dropped_logged = current
+        self._metrics.dropped_groups.set(len(current))
 
     def _log_invalid(self, groups: Iterable[SecurityGroup]) -> None:
         current = {str(err) for g in groups for err in g.invalid_rules}
@@ -227,9 +300,14 @@ class Converger:
         except UpstreamError:
             if self._index is None:
                 raise  # never had groups: nothing to plan, the current rules stay
-            if not spaces <= self._spaces:
+            if not {s for s in spaces if s not in self._refused} <= self._spaces:
                 complete = False  # plan what the cached groups cover; sweep nothing
-                containers = {h: c for h, c in containers.items() if c.space_id in self._spaces}
+                containers = {h: c for h, c in containers.items()
+                              if c.space_id in self._spaces or c.space_id in self._refused}
+        refused = self._refused.reasons()
+        held = {h: f"space {c.space_id} refused by the policy server ({refused[c.space_id][:200]}): its current "
+                   "rules are kept" for h, c in containers.items() if c.space_id in refused}
+        containers = {h: c for h, c in containers.items() if h not in held}
         assert self._index is not None
         desired: dict[str, ContainerChains] = {}
         for handle, container in containers.items():
@@ -237,7 +315,7 @@ class Converger:
             if plan is not None:
                 desired[handle] = plan
         started = time.monotonic()
-        report = self._dataplane.apply(desired, complete=complete)
+        report = self._dataplane.apply(desired, complete=complete, keep=held)
         self._metrics.enforce.labels(kind="full").observe(time.monotonic() - started)
         self._account(report, desired, partial=not complete)
         return report
@@ -245,6 +323,11 @@ class Converger:
     # -- bookkeeping -----------------------------------------------------------------------
 
     def _record_families(self, report: ApplyReport) -> None:
+        if report.changes:
+            self.last_write = time.monotonic()
+        reads = [f.read_seconds for f in report.families.values() if f.read_seconds is not None]
+        if reads:
+            self.last_read_seconds = sum(reads)
         for version, fam in report.families.items():
             family = str(version)
             self._metrics.restores.labels(family=family).inc(fam.commits)
@@ -273,8 +356,12 @@ class Converger:
             self._metrics.updates.inc()
             if container is not None and self._emitter is not None and handle in replaced:
                 self._emitter.emit(container, APP_MESSAGE)
+        for handle, reason in report.drifted.items():
+            self._metrics.drift.inc()
+            self.drift_repaired += 1
+            self.last_drift = {"handle": handle, "reason": reason, "at": _iso(now)}
         for handle in planned:
-            if handle in report.failed or handle in report.skipped:
+            if handle in report.failed or handle in report.skipped or handle in report.refused:
                 continue
             record = self._enforced.get(handle)
             if record is None or record.dataset_version != self.dataset_version:
@@ -295,6 +382,7 @@ class Converger:
             self._metrics.containers.labels(state="enforced").set(len(state))
             self._metrics.containers.labels(state="skipped").set(len(report.skipped))
             self._metrics.containers.labels(state="failed").set(len(report.failed))
+            self._metrics.containers.labels(state="refused").set(len(report.refused))
             if report.ok and lagging == 0:
                 self._observe_latency()
         if error is None:
@@ -303,6 +391,7 @@ class Converger:
             "kind": kind, "finished_at": _iso(self._clock()), "duration_seconds": round(seconds, 6),
             "error": error, "report": report.summary() if report else None,
             "failed": dict(report.failed) if report else {}, "skipped": dict(report.skipped) if report else {},
+            "refused": dict(report.refused) if report else {}, "drifted": dict(report.drifted) if report else {},
         }
 
     def _observe_latency(self) -> None:
@@ -329,6 +418,7 @@ class Converger:
                     "ruleset": {f"ipv{v}": d for v, d in applied.digests.items()},
                     "rule_count": applied.rule_count,
                     "applied_at": _iso(applied.applied_at),
+                    "verified_at": _iso(applied.verified_at),
                     "dataset_version": record.dataset_version if record else None,
                     "enforcing_since": _iso(record.since) if record else None,
                 }
@@ -341,6 +431,9 @@ class Converger:
                            "lagging": len(lagging), "store_entries": len(self._view.containers),
                            "invalid_store_entries": len(self._view.invalid)},
                 "last_cycle": self.last_cycle,
-                "policy_server": {"error": self.policy_error, "last_success": _iso(self.policy_ok_at)},
+                "drift": {"repaired": self.drift_repaired, "last": self.last_drift},
+                "settling": sorted(self._dataplane.looking()),
+                "policy_server": {"error": self.policy_error, "last_success": _iso(self.policy_ok_at),
+                                  "refused_spaces": self._refused.reasons()},
                 "store": {"error": self._view.last_error},
             }

@@ -12,7 +12,9 @@ Prometheus (this project)                                    Go (silk vxlan-poli
 ``asg_restores_total{family}`` / ``..._failures_total``       (new) kernel commits and refused payloads
 ``asg_payload_lines_total{family}``                          (new) restore lines written
 ``asg_iptables_lock_wait_seconds_total{family}``             (new) restores waiting for the lock file
-``asg_containers{state}`` (gauge)                            (new) enforced / skipped / failed
+``asg_containers{state}`` (gauge)                            (new) enforced / skipped / failed / refused
+``asg_chain_drift_repaired_total``                           (new) containers whose chains were edited
+                                                             behind the agent's back, then rewritten
 ``asg_container_rules`` (gauge)                              (new) accept rules enforced on the cell
 ``asg_container_updates_total``                              (new) containers whose rules changed
 ``asg_dataset_version`` (gauge)                              (new) policy-server dataset enforced
@@ -20,6 +22,9 @@ Prometheus (this project)                                    Go (silk vxlan-poli
 ``asg_sync_latency_seconds`` (histogram)                     (new) dataset change -> enforced on cell
 ``asg_policy_server_errors_total``                           (new) failed policy-server requests
 ``asg_invalid_rules`` (gauge)                                (new) rules dropped by validation
+``asg_invalid_security_groups`` (gauge)                      (new) groups of the last answer that could not
+                                                             be parsed at all (each grants nothing)
+``asg_refused_spaces`` (gauge)                               (new) spaces the policy server refuses (set aside)
 ``asg_store_errors_total``                                   (new) unreadable container store reads
 ``asg_last_cycle_timestamp_seconds`` (gauge)                 (new) last successful full cycle
 ===========================================================  =====================================
@@ -67,6 +72,12 @@ class AgentMetrics:
                                  "enforcement on this cell", buckets=_LATENCY, registry=r)
         self.policy_errors = Counter("asg_policy_server_errors", "Failed policy-server requests", registry=r)
         self.invalid_rules = Gauge("asg_invalid_rules", "Rules dropped by validation (fail closed)", registry=r)
+        self.dropped_groups = Gauge("asg_invalid_security_groups", "Security groups of the last policy-server "
+                                    "answer that could not be parsed (each grants nothing)", registry=r)
+        self.refused_spaces = Gauge("asg_refused_spaces", "Spaces the policy server refuses; their containers keep "
+                                    "their current rules", registry=r)
         self.store_errors = Counter("asg_store_errors", "Unreadable container metadata store reads", registry=r)
+        self.drift = Counter("asg_chain_drift_repaired", "Containers whose chains were found edited in place "
+                             "(fingerprint or content changed) and rewritten", registry=r)
         self.last_cycle = Gauge("asg_last_cycle_timestamp_seconds", "When a full cycle last succeeded (unix time)",
                                 registry=r)

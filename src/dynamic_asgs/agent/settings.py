@@ -58,6 +58,10 @@ class AgentSettings:
     log_prefix: str
     chains: ChainSettings
     loggregator: LoggregatorSettings | None
+    settle_seconds: float = 10.0
+    watch_seconds: float = 60.0
+    verify_interval: float = 60.0
+    fingerprint_file: Path | None = None
 
 
 def deny_networks_from(raw: dict[str, Any], key: str, version: int, source: str) -> DenyNetworks:
@@ -139,4 +143,8 @@ def load_settings(path: str | Path) -> AgentSettings:
         log_prefix=raw["log_prefix"],
         chains=chains,
         loggregator=_loggregator(raw, source),
+        settle_seconds=float(raw["new_container_settle_seconds"]),
+        watch_seconds=float(raw["new_container_watch_seconds"]),
+        verify_interval=float(raw["kernel_verify_interval_seconds"]),
+        fingerprint_file=Path(raw["fingerprint_file"]) if raw["fingerprint_file"] else None,
     )

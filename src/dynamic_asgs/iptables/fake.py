@@ -23,13 +23,13 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from dynamic_asgs.errors import LockTimeout, RestoreError
 from dynamic_asgs.iptables.render import quote
 from dynamic_asgs.iptables.runner import RestoreStats, error_context
-from dynamic_asgs.iptables.saved import SavedTable, parse_save
+from dynamic_asgs.iptables.saved import SavedTable, parse_chain_listing, parse_save
 
 __all__ = ["BUILTIN_CHAINS", "FakeRunner", "FakeTable", "Fault"]
 
@@ -286,6 +286,7 @@ class FakeRunner:
         self.record = record
         self.payloads: list[list[str]] = []
         self.saves = 0
+        self.reads = 0  # targeted reads (read_chains)
         self.restores = 0
         self.commits = 0
 
@@ -300,6 +301,18 @@ class FakeRunner:
     def save(self) -> SavedTable:
         self.saves += 1
         return parse_save(self.table.save_lines())
+
+    def read_chains(self, names: Collection[str]) -> SavedTable:
+        self.reads += 1
+        out = SavedTable()
+        for name in names:
+            if self.table.exists(name):
+                one = parse_chain_listing(name, self.table.rules(name))
+                out.chains |= one.chains
+                out.info.update(one.info)
+                for target, refs in one.referrers.items():
+                    out.referrers.setdefault(target, set()).update(refs)
+        return out
 
     def restore(self, payload: Iterable[str]) -> RestoreStats:
         start = time.monotonic()

@@ -5,8 +5,12 @@ their arguments), so nothing here compares rules. It reads only what identifies
 our chains and what links them:
 
 * every chain name (so the agent knows which CNI parent chains exist);
-* for the chains we track (``asg-``, ``casg-``, ``netout--``): the number of rules
-  and the ``dasg:<hash>`` comment on the first rule (see :mod:`.render`);
+* for the chains we track (``asg-``, ``casg-``, ``netout--``): the number of rules,
+  the ``dasg:<hash>`` comment on the first rule (see :mod:`.render`), whether a rule
+  accepts RELATED,ESTABLISHED traffic (the mark of the static rules a CNI inserts into
+  a parent chain; our own parents never hold one), and a fingerprint of the rules'
+  text exactly as saved (drift detection: a chain edited in place keeps its first
+  rule and its count, never its fingerprint);
 * which chains jump (``-j``) or go (``-g``) to a tracked chain, so that a chain is
   deleted only together with every reference to it.
 
@@ -16,16 +20,18 @@ and keeps nothing per rule, so reading a million-rule table costs a few MB.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dynamic_asgs.iptables.render import HASH_RE
 
 __all__ = ["TRACKED_PREFIXES", "ChainInfo", "SavedTable", "count_listing_lines", "is_tracked", "jump_target",
-           "parse_save"]
+           "parse_chain_listing", "parse_save"]
 
 #: Chains whose rules and references the agent needs to know about.
 TRACKED_PREFIXES = ("asg-", "casg-", "netout--")
+_ESTABLISHED = "RELATED,ESTABLISHED"
 
 
 def is_tracked(name: str) -> bool:
@@ -40,6 +46,10 @@ class ChainInfo:
     digest: str | None = None
     rules: int = 0
     targets: tuple[str, ...] = ()
+    #: A rule accepts RELATED,ESTABLISHED traffic (static rules a CNI inserted; never in our parents).
+    established: bool = False
+    #: Hash of the chain's rule lines as saved; None when not read from a whole-table save.
+    fingerprint: str | None = None
 
     def add_target(self, name: str) -> None:
         if name not in self.targets:
@@ -68,10 +78,14 @@ def jump_target(line: str) -> str | None:
     return line[start:] if end < 0 else line[start:end]
 
 
-def parse_save(lines: Iterable[str]) -> SavedTable:
-    """Parse the ``*filter`` section of ``iptables-save`` output (other tables are ignored)."""
+def parse_save(lines: Iterable[str], *, fingerprints: bool = True) -> SavedTable:
+    """Parse the ``*filter`` section of ``iptables-save`` output (other tables are ignored).
+
+    With ``fingerprints`` every tracked chain gets :attr:`ChainInfo.fingerprint`.
+    """
     table = SavedTable()
     chains, info, referrers = table.chains, table.info, table.referrers
+    hashers: dict[str, hashlib.blake2b] = {}
     inside = False
     for raw in lines:
         if not inside:
@@ -90,6 +104,12 @@ def parse_save(lines: Iterable[str]) -> SavedTable:
                     tracked.digest = found.group(1) if found else None
                 if target is not None and target.startswith(TRACKED_PREFIXES):
                     tracked.add_target(target)
+                if _ESTABLISHED in line:
+                    tracked.established = True
+                hasher = hashers.get(chain)
+                if hasher is not None:
+                    hasher.update(line.encode())
+                    hasher.update(b"\n")
             if target is not None and target.startswith(TRACKED_PREFIXES):
                 referrers.setdefault(target, set()).add(chain)
                 if tracked is None:
@@ -99,9 +119,23 @@ def parse_save(lines: Iterable[str]) -> SavedTable:
             chains.add(name)
             if name.startswith(TRACKED_PREFIXES):
                 info[name] = ChainInfo()
+                if fingerprints:
+                    hashers[name] = hashlib.blake2b(digest_size=8)
         elif line.startswith("COMMIT"):
             break
+    for name, hasher in hashers.items():
+        info[name].fingerprint = hasher.hexdigest()
     return table
+
+
+def parse_chain_listing(name: str, lines: Iterable[str]) -> SavedTable:
+    """One chain as ``iptables -S <name>`` prints it, as a table holding only that chain.
+
+    The listing's ``-A`` lines are those of a save; ``-N``/``-P`` lines declare the chain.
+    No fingerprint: only whole-table saves are compared with each other.
+    """
+    rules = [line.rstrip("\n") for line in lines if line.startswith("-A ")]
+    return parse_save(["*filter", f":{name} - [0:0]", *rules, "COMMIT"], fingerprints=False)
 
 
 def count_listing_lines(lines: Iterable[str]) -> dict[str, int]:

@@ -21,6 +21,8 @@ Mechanisms:
   the same dataset version (``X-Dataset-Version``), otherwise the fetch starts over;
 * every answer is validated (JSON schema, then each group by
   :func:`~dynamic_asgs.asg.parse.parse_internal_group`, which drops invalid rules fail-closed);
+  a group that cannot be parsed at all (e.g. ``rules`` nested a thousand deep) is dropped
+  alone and named in :attr:`Result.dropped`: it grants nothing, the others still apply;
 * connection errors, 429 and 5xx are retried with jittered backoff; every failure reaches
   the caller as :class:`~dynamic_asgs.errors.UpstreamError`.
 """
@@ -59,6 +61,8 @@ class Result:
     dataset_version: int | None = None
     not_modified: bool = False
     changed_at: float | None = None  # when the server's dataset last changed (UNIX time), if it says
+    #: Groups of the answer that could not be parsed, with the reason (they grant nothing).
+    dropped: tuple[str, ...] = ()
 
 
 def _version(reply: Reply) -> int | None:
@@ -110,9 +114,15 @@ class PolicyClient:
             if _version(reply) != version:
                 return None
             bodies.append(reply.body)
-        groups = [self._group(raw) for body in bodies for raw in body["security_groups"]]
+        groups: list[SecurityGroup] = []
+        dropped: list[str] = []
+        for raw in (raw for body in bodies for raw in body["security_groups"]):
+            try:
+                groups.append(parse_internal_group(raw))
+            except (ValidationError, ValueError, RecursionError) as exc:
+                dropped.append(f"{_label(raw)}: {str(exc)[:300]}")
         return Result(groups=groups, etag=first.headers.get("ETag"), dataset_version=version,
-                      changed_at=_changed_at(first))
+                      changed_at=_changed_at(first), dropped=tuple(dropped))
 
     def _page(self, spaces: list[str], start: int, etag: str | None, wait: float | None) -> Reply:
         params: dict[str, Any] = {}
@@ -139,9 +149,12 @@ class PolicyClient:
                                   accept=accept, headers=headers, read_timeout=read_timeout,
                                   data=json.dumps({"space_guids": spaces}))
 
-    @staticmethod
-    def _group(raw: Any) -> SecurityGroup:
-        try:
-            return parse_internal_group(raw)
-        except ValidationError as exc:
-            raise UpstreamError(f"policy server: {exc}") from exc
+
+
+def _label(raw: Any) -> str:
+    """A group's guid (and name) for a report, whatever shape the entry has."""
+    if not isinstance(raw, dict):
+        return f"security group ({type(raw).__name__})"
+    guid, name = raw.get("guid"), raw.get("name")
+    guid = guid if isinstance(guid, str) else "?"
+    return f"security group {guid[:64]!r}" + (f" ({name[:64]!r})" if isinstance(name, str) else "")

@@ -95,3 +95,15 @@ def test_a_missing_binary_is_a_clear_error(tmp_path: Path) -> None:
         r.restore(["*filter", "COMMIT"])
     with pytest.raises(IptablesError, match="/nonexistent/iptables-save: cannot run"):
         r.save()
+
+
+@pytest.mark.parametrize("count", [2, 6])  # one by one (``-S``), and through one save
+def test_read_chains_reads_just_those_chains(ns: tuple[str, str], tmp_path: Path, count: int) -> None:
+    r = runner(ns, tmp_path)
+    names = [f"netout--c{i}" for i in range(count)]
+    r.restore(["*filter", *[f":{n} - [0:0]" for n in names[1:]],
+               *[f"-A {n} -m state --state RELATED,ESTABLISHED -j ACCEPT" for n in names[1:]],
+               *[f"-A {n} -j REJECT --reject-with icmp-port-unreachable" for n in names[1:]], "COMMIT"])
+    part = r.read_chains(names)
+    assert part.chains == set(names[1:])  # the first does not exist
+    assert all(part.info[n].rules == 2 and part.info[n].established for n in names[1:])

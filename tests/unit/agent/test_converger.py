@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from dynamic_asgs.agent.metrics import AgentMetrics
 from dynamic_asgs.asg.model import Container
 from dynamic_asgs.asg.parse import parse_groups_document
 from dynamic_asgs.asg.translate import ChainSettings
-from dynamic_asgs.errors import UpstreamError
+from dynamic_asgs.errors import RefusedRequest, UpstreamError
 from dynamic_asgs.iptables.fake import FakeRunner
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.metadata_store import MetadataStore, StoreView
@@ -31,6 +32,7 @@ class Policy:
         self.rules: dict[str, list[dict[str, Any]]] = {}
         self.version = 1
         self.down = False
+        self.refuses: set[str] = set()  # spaces the server answers 400 for
         self.calls: list[tuple[frozenset[str], str | None]] = []
 
     def set(self, space: str, *rules: dict[str, Any]) -> None:
@@ -42,6 +44,9 @@ class Policy:
         self.calls.append((spaces, etag))
         if self.down:
             raise UpstreamError("policy server: connection refused")
+        if spaces & self.refuses:
+            raise RefusedRequest("policy server: GET /networking/v1/internal/security_groups: HTTP 400: "
+                                 "invalid space_guids", status=400)
         tag = f'"{self.version}-{sorted(spaces)}"'
         if etag == tag:
             return Result(etag=tag, dataset_version=self.version, not_modified=True)
@@ -63,8 +68,19 @@ def tcp(dst: str, port: str) -> dict[str, Any]:
     return {"protocol": "tcp", "destination": dst, "ports": port}
 
 
+class Clock:
+    """Wall time that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class Cell:
     def __init__(self, tmp: Path) -> None:
+        self.clock = Clock()
         self.store = MetadataStore(tmp / "store.json")
         self.runner = FakeRunner(4, record=True)
         self.policy = Policy()
@@ -73,7 +89,7 @@ class Cell:
         logger = Logger("agent", stream=self.log, level="debug")
         self.metrics = AgentMetrics()
         self.converger = Converger(view=StoreView(self.store, logger), policy=self.policy,
-                                   dataplane=Dataplane(runners={4: self.runner}, logger=logger),
+                                   dataplane=Dataplane(runners={4: self.runner}, logger=logger, clock=self.clock),
                                    settings=ChainSettings(), logger=logger, metrics=self.metrics,
                                    emitter=self.emitter)
 
@@ -253,3 +269,52 @@ def test_dataset_version_per_container_and_latency(cell: Cell) -> None:
     assert second["dataset_version"] == cell.policy.version and second["ruleset"] == first["ruleset"]
     assert cell.metric("asg_containers_lagging") == 0
     assert cell.metric("asg_sync_latency_seconds_count") == 1  # the start version is not a change we saw
+
+
+def test_a_cleanup_call_for_a_container_still_in_the_store_leaves_its_chains(cell: Cell) -> None:
+    cell.policy.set("s1", tcp("10.0.0.1", "80"))
+    cell.add("a", "s1")
+    cell.converger.cycle()
+    before = cell.runner.table.rules("asg-a")
+    cell.converger.cleanup_container("a")  # a confused (or hostile) caller: "a" is alive
+    assert cell.runner.table.rules("asg-a") == before and cell.runner.table.rules("netout--a")[0].endswith("asg-a")
+    assert log_events(cell.log, "cleanup-kept-live-container")[0]["handle"] == "a"
+
+
+def test_a_settle_pass_writes_a_container_whose_parent_came_after_its_store_entry_without_asking_again(
+        cell: Cell) -> None:
+    cell.policy.set("s1", tcp("10.0.0.1", "80"))
+    cell.converger.cycle()
+    cell.add("late", "s1", parent=False)  # the store entry first, as cni-wrapper-plugin writes it
+    report = cell.converger.cycle("store-change")
+    assert report is not None and "late" in report.skipped and cell.converger.next_look() is not None
+    calls = len(cell.policy.calls)
+    cell.runner.table.create_chain("netout--late", ["-j REJECT --reject-with icmp-port-unreachable"])
+    cell.clock.now += 0.5
+    settled = cell.converger.settle()
+    assert settled is not None and settled.changed == ("late",) and len(cell.policy.calls) == calls
+    assert cell.accepts("late") and "late" in cell.converger.status()["containers"]
+
+
+def test_a_space_the_server_refuses_is_set_aside_and_every_other_container_is_still_updated(cell: Cell) -> None:
+    for i in range(8):
+        cell.policy.set(f"s{i}", tcp(f"10.0.0.{i}", "80"))
+        cell.add(f"c{i}", f"s{i}")
+    assert cell.converger.cycle() is not None
+    held = cell.runner.table.rules("asg-c5")
+    cell.policy.refuses.add("s5")  # say, a store entry the server does not accept
+    for i in range(8):
+        cell.policy.set(f"s{i}", tcp(f"10.1.0.{i}", "443"))
+    report = cell.converger.cycle()
+    assert report is not None and sorted(report.changed) == [f"c{i}" for i in range(8) if i != 5]
+    assert "s5 refused by the policy server" in report.refused["c5"] and cell.runner.table.rules("asg-c5") == held
+    assert len(cell.policy.calls) < 2 + 3 * 8  # bisected: about log2(n) probes, not one per space
+    status = cell.converger.status()
+    assert list(status["policy_server"]["refused_spaces"]) == ["s5"] and cell.metric("asg_refused_spaces") == 1
+    assert [e["space_guid"] for e in log_events(cell.log, "space-refused-by-policy-server")] == ["s5"]
+    calls = len(cell.policy.calls)
+    again = cell.converger.cycle()
+    assert again is not None and not again.changes and len(cell.policy.calls) == calls + 1  # not probed again
+    cell.remove("c5")
+    cell.converger.cycle()
+    assert cell.converger.status()["policy_server"]["refused_spaces"] == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -138,3 +139,31 @@ def test_an_unreachable_server_is_an_upstream_error_after_retries(tmp_path: Path
                           key_file=str(pki.client.key), retry=RetryPolicy(attempts=2, initial=0.01))
     with pytest.raises(UpstreamError, match="connection failed"):
         client.fetch([])
+
+
+def _serve(tmp_path: Path, body: bytes) -> tuple[http.server.ThreadingHTTPServer, PolicyClient]:
+    pki = make_certs(tmp_path, "hostile")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("H", (_Garbage,), {"body": body}))
+    context = server_context(ca_file=str(pki.ca.cert_path), cert_file=str(pki.server.cert),
+                             key_file=str(pki.server.key))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = PolicyClient(f"https://127.0.0.1:{server.server_address[1]}", ca_file=str(pki.ca.cert_path),
+                          cert_file=str(pki.client.cert), key_file=str(pki.client.key))
+    return server, client
+
+
+@pytest.mark.parametrize("rules", ["[" * 100_000 + "]" * 100_000, '[{"protocol": "tcp", "ports": 1' + "0" * 5000 + "}]",
+                                   '"not a list"', "[" * 10])
+def test_a_group_that_cannot_be_parsed_is_dropped_alone(tmp_path: Path, rules: str) -> None:
+    good = {"guid": "g-good", "name": "dns", "rules": '[{"protocol":"udp","destination":"8.8.8.8","ports":"53"}]',
+            "running_default": True, "staging_default": False, "running_space_guids": [], "staging_space_guids": []}
+    bad = {**good, "guid": "g-bad", "name": "deep", "rules": rules}
+    server, client = _serve(tmp_path, json.dumps({"next": 0, "security_groups": [bad, good]}).encode())
+    try:
+        result = client.fetch(["a"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [g.guid for g in result.groups] == ["g-good"]
+    assert len(result.dropped) == 1 and "g-bad" in result.dropped[0]

@@ -12,9 +12,9 @@ Goals and the mechanism serving each:
     complete rules; the restore is atomic) and the rest is retried at once; the
     cache stays valid, because a refused restore changed nothing and the line did
     not depend on what we believed about the kernel;
-  - the ``-F`` guard of a parent: the parent is missing; the container is skipped.
-    If the cache believed the parent existed, the cache is dropped and the table
-    read again before the retry;
+  - the ``-F`` guard of a parent: the parent is missing; the container waits for
+    it (:mod:`.settle`). If the cache believed the parent existed, the cache is
+    dropped and the table read again before the retry;
   - a deletion or a closed parent: those chains are left alone this cycle, and the
     cache is dropped (a reference we did not know about is the usual cause);
   - no line, or ``COMMIT`` (nft reports some errors there): the cache is dropped
@@ -25,7 +25,10 @@ Goals and the mechanism serving each:
   Retries are bounded (``max_restores`` per family per call); what is left is
   reported failed and retried next cycle.
 * **An honest cache** — :class:`~.table.KernelTable` changes only in
-  :meth:`FamilyCycle._committed`, after a successful restore.
+  :meth:`FamilyCycle._committed`, after a successful restore, and through reads.
+* **Decide on what is there now** — before classifying, the parents of containers
+  that are new, waiting or watched (and due) are read with one targeted read
+  (:meth:`Runner.read_chains`), unless the whole table was just read.
 """
 
 from __future__ import annotations
@@ -40,10 +43,11 @@ from dynamic_asgs.iptables.render import Renderer
 from dynamic_asgs.iptables.runner import Runner
 from dynamic_asgs.lager import Logger
 
-from .payload import Payload, Write
+from .payload import Payload, RenderRefused, Write
 from .report import ContainerChange, FamilyReport
+from .settle import Settler
 from .sweep import Sweep, plan_sweep
-from .table import Applied, Classified, KernelTable, classify
+from .table import Applied, Classified, Context, KernelTable, classify
 
 __all__ = ["LOCK_WAIT_LOGGED", "FamilyCycle", "FamilyState", "SweepSpec"]
 
@@ -58,9 +62,13 @@ class FamilyState:
     runner: Runner
     kernel: KernelTable | None = None
     applied: dict[str, Applied] = field(default_factory=dict)
+    settler: Settler = field(default_factory=Settler)
+    #: Fingerprints kept across restarts: chain -> (content hash, fingerprint).
+    baseline: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def prune(self, keep: Callable[[str], bool]) -> None:
-        """Forget containers not kept whose ASG chain is gone from the kernel."""
+        """Forget containers not kept whose ASG chain is gone from the kernel, and their settling."""
+        self.settler.prune(keep)
         kernel = self.kernel
         if kernel is None:
             return
@@ -96,8 +104,10 @@ class FamilyCycle:
         max_restores: int,
         sweep: SweepSpec | None,
         force: Collection[str] = (),
+        adopt_only: Collection[str] = (),
     ) -> None:
         self.state = state
+        self.adopt_only = adopt_only
         self.version = state.runner.version
         self.wanted = wanted
         self.renderer = renderer
@@ -108,6 +118,9 @@ class FamilyCycle:
         self.force = force
         self.outcome: dict[str, str] = {}  # handle -> adopted | changed | skipped | failed
         self.reasons: dict[str, str] = {}
+        self.drifted: dict[str, str] = {}
+        self.learned = 0
+        self.looked = 0
         self.changes: list[ContainerChange] = []
         self.deleted: list[str] = []
         self.closed: list[str] = []
@@ -128,7 +141,8 @@ class FamilyCycle:
         """This family's figures for the call's report."""
         return FamilyReport(self.version, restores=self.restores, commits=self.commits,
                             payload_lines=self.payload_lines, restore_seconds=self.restore_seconds,
-                            lock_wait_seconds=self.lock_wait_seconds, read_seconds=self.read_seconds, error=self.error)
+                            lock_wait_seconds=self.lock_wait_seconds, read_seconds=self.read_seconds, error=self.error,
+                            looked=self.looked, learned=self.learned)
 
     def run(self) -> None:
         """Bring this family's table to the wanted state, as far as it can this call."""
@@ -140,7 +154,7 @@ class FamilyCycle:
                 break
             scope = queue.pop(0)
             kernel = self._kernel()
-            if kernel is None:
+            if kernel is None or not self._look(kernel):
                 break
             cls = self._classify(kernel, scope)
             sweep = self._sweep(kernel, cls, scope)
@@ -154,6 +168,11 @@ class FamilyCycle:
                 self._count(time.monotonic() - started, committed=0)
                 queue[0:0] = self._refused(exc, payload, kernel, cls, sweep, scope)
                 continue
+            except RenderRefused as exc:
+                self._count(time.monotonic() - started, committed=0)
+                self._set(exc.handle, "failed", str(exc))
+                queue.insert(0, scope)
+                continue
             except IptablesError as exc:
                 self._count(time.monotonic() - started, committed=0)
                 self._error(exc)
@@ -162,7 +181,7 @@ class FamilyCycle:
             self._waited(stats.lock_wait)
             self._committed(kernel, payload.resolved(), sweep)
         if self.state.kernel is not None:
-            self.state.kernel.fresh = False
+            self.state.kernel.end_cycle()
 
     # -- steps -------------------------------------------------------------------------
 
@@ -181,14 +200,36 @@ class FamilyCycle:
                                          "seconds": round(took, 3)})
         return self.state.kernel
 
+    def _look(self, kernel: KernelTable) -> bool:
+        """Read the parents of new, waiting and watched (due) containers; False if the read failed."""
+        if kernel.fresh:
+            return True
+        settler, applied, now = self.state.settler, self.state.applied, self.now
+        names = {f.parent.name for h, f in self.wanted.items()
+                 if h not in self.force and f.parent.name not in kernel.observed
+                 and (h not in applied or settler.looking(h)) and settler.due(h, now)}
+        if not names:
+            return True
+        try:
+            part = self.state.runner.read_chains(names)
+        except IptablesError as exc:
+            self._error(exc)
+            return False
+        kernel.observe(names, part)
+        self.looked += len(names)
+        return True
+
     def _classify(self, kernel: KernelTable, scope: _Scope) -> Classified:
-        cls = classify(kernel, self.state.applied, self.wanted, renderer=self.renderer, now=self.now,
-                       scope=scope.handles, force=self.force,
-                       exclude={h for h, o in self.outcome.items() if o in ("failed", "skipped")})
+        ctx = Context(renderer=self.renderer, now=self.now, settler=self.state.settler, baseline=self.state.baseline,
+                      scope=scope.handles, force=self.force, adopt_only=self.adopt_only,
+                      exclude={h for h, o in self.outcome.items() if o in ("failed", "skipped")})
+        cls = classify(kernel, self.state.applied, self.wanted, ctx)
         for handle in cls.adopted:
             self.outcome.setdefault(handle, "adopted")
         for handle, reason in cls.skipped.items():
             self._set(handle, "skipped", reason)
+        self.drifted.update(cls.drifted)
+        self.learned += len(cls.learned)
         self._last = cls
         return cls
 
@@ -216,6 +257,8 @@ class FamilyCycle:
             ))
             applied[w.handle] = Applied(w.family, w.digest, self.now, adopted=False)
             self.outcome[w.handle] = "changed"
+            watch = self._last.watch.get(w.handle) if self._last is not None else None
+            self.state.settler.written(w.handle, self.now, watch=watch is True, once=watch is False)
         kernel.commit(writes, sweep.closes, sweep.deletes)
         self.deleted += sweep.deletes
         self.closed += sweep.closes
@@ -235,10 +278,11 @@ class FamilyCycle:
             return [scope]
         if kind == "guard":
             parent = self.wanted[name].parent.name
-            if kernel.parent_state(parent) is True:
+            if kernel.exists(parent) is True:
                 self.state.kernel = None  # the cache believed it existed: read the table again
             kernel.mark_missing(parent)
-            self._set(name, "skipped", f"parent chain {parent} does not exist (refused by the restore)")
+            reason = f"parent chain {parent} does not exist (the CNI creates it): looked at again"
+            self._set(name, "skipped", self.state.settler.wait(name, self.now, reason))
             return [scope]
         if kind != "frame":
             self._exclude_chains.add(name)

@@ -18,9 +18,18 @@ Goals and the mechanism serving each (DESIGN.md §4, §5):
   periodically to catch outside edits).
 * **Two phases** — constructing a Dataplane touches nothing; only ``apply``,
   ``apply_one`` and ``remove_orphans`` read or write the kernel.
-* **Parents belong to the CNI** — never created (``-F`` guard); a container whose
-  parent is known to be missing is skipped with a log line, and written when the
-  CNI forces a sync (``apply_one``) after creating it.
+* **Parents belong to the CNI** — never created (``-F`` guard). A new container is
+  written once its CNI is done with the parent (:mod:`.settle`): at once when the
+  CNI forces a sync (``apply_one``), else when the parent holds the CNI's static
+  rules, or after a settle time; until then it waits and is looked at again by
+  :meth:`Dataplane.settle` calls (one targeted read of the parents concerned).
+* **One container per chain name** — chain names keep only a handle's first
+  characters, so two handles can share them; the container enforced first keeps
+  them, any other is refused and reported, never written (:func:`_collisions`).
+* **Drift is found and repaired** — each whole-table read compares the saved text
+  of every chain we wrote with its fingerprint (:mod:`.table`); an edited chain is
+  rewritten in the same cycle and reported. With a fingerprint file
+  (:mod:`.fingerprints`) this holds across restarts.
 * **Orphans only on complete data** — ``apply(..., complete=False)`` writes what
   it is given and deletes nothing; ``remove_orphans`` sweeps against the handles
   the caller knows to be alive.
@@ -37,6 +46,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
 
 from dynamic_asgs.asg import chains
 from dynamic_asgs.asg.translate import ContainerChains, FamilyChains
@@ -45,7 +55,9 @@ from dynamic_asgs.iptables.runner import Runner
 from dynamic_asgs.lager import Logger
 
 from .cycle import FamilyCycle, FamilyState, SweepSpec
+from .fingerprints import FingerprintFile
 from .report import AppliedContainer, AppliedFamily, ApplyReport
+from .settle import Settler, SettleSettings
 from .table import KernelTable
 
 __all__ = ["Dataplane"]
@@ -65,6 +77,39 @@ def _present(names: Collection[str]) -> Callable[[KernelTable], list[str]]:
     return lambda kernel: [c for c in names if c in kernel.info]
 
 
+def _chain_names(handle: str) -> frozenset[str]:
+    """Every chain name a container's chains use."""
+    return frozenset((chains.asg_chain_name(handle), chains.netout_chain_name(handle),
+                      chains.log_chain_name(handle), chains.rate_limit_log_chain_name(handle)))
+
+
+def _collisions(handles: Collection[str], incumbent: Callable[[str], bool]) -> tuple[dict[str, str], set[str]]:
+    """Handles refused because their chain names are an enforced container's, and those only adoptable.
+
+    Incumbents (containers already enforced) keep their names; any other handle
+    sharing one is refused. Colliding handles none of which is enforced (after a
+    restart) are all only adoptable: none is written, and the one whose chains the
+    kernel holds exactly is adopted, which makes it the incumbent from then on.
+    """
+    owner: dict[str, str] = {}
+    for handle in handles:
+        if incumbent(handle):
+            owner.update(dict.fromkeys(_chain_names(handle), handle))
+    refused: dict[str, str] = {}
+    by_name: dict[str, set[str]] = {}
+    for handle in handles:
+        names = _chain_names(handle)
+        rivals = sorted({owner[n] for n in names if n in owner} - {handle})
+        if rivals:
+            refused[handle] = (f"its chain names are those of container {', '.join(rivals)}: refused, "
+                               "the other is left as it is")
+        elif not incumbent(handle):
+            for name in names:
+                by_name.setdefault(name, set()).add(handle)
+    adopt_only = {h for group in by_name.values() if len(group) > 1 for h in group}
+    return refused, adopt_only
+
+
 class Dataplane:
     """Brings the filter table of each family to the desired chains of the cell's containers."""
 
@@ -75,30 +120,49 @@ class Dataplane:
         logger: Logger,
         clock: Callable[[], float] = time.time,
         max_restores: int = 16,
+        settle: SettleSettings | None = None,
+        fingerprint_file: str | Path | None = None,
     ) -> None:
         if not runners or set(runners) - {4, 6}:
             raise ValueError("runners must map 4 (and optionally 6) to iptables runners")
-        self._states = {v: FamilyState(runners[v]) for v in sorted(runners)}
         self._log = logger.session("dataplane")
+        self._fingerprints = FingerprintFile(fingerprint_file, logger) if fingerprint_file else None
+        kept = self._fingerprints.load() if self._fingerprints else {}
+        self._states = {v: FamilyState(runners[v], settler=Settler(settle or SettleSettings()),
+                                       baseline=kept.get(v, {})) for v in sorted(runners)}
         self._clock = clock
         self._max_restores = max_restores
         self._lock = threading.Lock()
         self._logged: dict[str, str] = {}
 
-    def apply(self, desired: Mapping[str, ContainerChains], *, complete: bool = True) -> ApplyReport:
-        """A full cycle: write changed containers; with ``complete``, sweep orphans too."""
+    def apply(self, desired: Mapping[str, ContainerChains], *, complete: bool = True,
+              keep: Mapping[str, str] | None = None) -> ApplyReport:
+        """A full cycle: write changed containers; with ``complete``, sweep orphans too.
+
+        With ``complete=False`` only the given containers are looked at (a settle pass
+        or a partial plan) and nothing is deleted. ``keep`` names live containers (with
+        the reason) whose chains are left exactly as they are: neither written nor swept.
+        """
+        keep = keep or {}
         with self._lock:
             started = time.monotonic()
             renderer, now = Renderer(), self._clock()
+            refused, adopt_only = _collisions(desired, self._incumbent)
+            kept_names = {n for h in keep for n in _chain_names(h)} | {"c" + chains.asg_chain_name(h) for h in keep}
+            protected = frozenset(chains.netout_chain_name(h) for h in keep)
             runs = {}
             for version, state in self._states.items():
-                wanted = {h: f for h, p in desired.items() if (f := _family(p, version)) is not None}
-                keep = {f.asg.name for f in wanted.values()}
-                spec = SweepSpec(_orphans_except(keep)) if complete else None
-                runs[version] = self._run(state, wanted, renderer, now, spec)
+                wanted = {h: f for h, p in desired.items() if (f := _family(p, version)) is not None
+                          and h not in refused}
+                names = {f.asg.name for f in wanted.values()} | kept_names
+                spec = SweepSpec(_orphans_except(names), protected) if complete else None
+                runs[version] = self._run(state, wanted, renderer, now, spec, adopt_only=adopt_only)
                 if complete:
-                    state.prune(wanted.__contains__)
-            return self._finish("full", runs, len(desired), started, prune_logged=complete)
+                    state.prune(set(wanted).union(keep).__contains__)
+            refused |= {h: "its chain names are shared with another container not enforced yet: neither is "
+                           "written until one is found in the kernel" for h in adopt_only if not self._incumbent(h)}
+            return self._finish("full" if complete else "partial", runs, len(desired), started,
+                                prune_logged=complete, refused={**refused, **keep})
 
     def apply_one(self, plan: ContainerChains) -> ApplyReport:
         """A forced sync of one container: writes its chains (only them), whatever the cache says."""
@@ -106,6 +170,11 @@ class Dataplane:
         asg = chains.asg_chain_name(handle)
         with self._lock:
             started = time.monotonic()
+            rivals = sorted(h for h in self._enforced() if h != handle and _chain_names(h) & _chain_names(handle))
+            if rivals:
+                reason = (f"its chain names are those of container {', '.join(rivals)}: refused, "
+                          "the other is left as it is")
+                return self._finish("one", {}, 1, started, prune_logged=False, refused={handle: reason})
             renderer, now = Renderer(), self._clock()
             runs = {}
             for version, state in self._states.items():
@@ -117,6 +186,21 @@ class Dataplane:
                 if family is None:
                     state.prune(lambda h: h != handle)
             return self._finish("one", runs, 1, started, prune_logged=False)
+
+    def settle(self, desired: Mapping[str, ContainerChains]) -> ApplyReport:
+        """Look again at waiting and watched containers (``desired`` holds their plans); write those ready."""
+        return self.apply(desired, complete=False)
+
+    def next_look(self) -> float | None:
+        """When (clock time) the next waiting or watched container is due a look; None if there is none."""
+        with self._lock:
+            times = [t for s in self._states.values() if (t := s.settler.next_look()) is not None]
+            return min(times) if times else None
+
+    def looking(self) -> set[str]:
+        """Handles waiting for their CNI or watched after a write."""
+        with self._lock:
+            return {h for s in self._states.values() for h in s.settler.handles()}
 
     def remove_orphans(self, live_handles: Collection[str]) -> ApplyReport:
         """Delete the ASG chains of every container not in ``live_handles`` (closing their parents)."""
@@ -133,6 +217,12 @@ class Dataplane:
                 state.prune(live.__contains__)
             return self._finish("orphans", runs, 0, started, prune_logged=False)
 
+    def _incumbent(self, handle: str) -> bool:
+        return any(handle in state.applied for state in self._states.values())
+
+    def _enforced(self) -> set[str]:
+        return {h for state in self._states.values() for h in state.applied}
+
     def state(self) -> Mapping[str, AppliedContainer]:
         """Per container: the hash, rule count and time of what the kernel enforces, per family."""
         with self._lock:
@@ -140,7 +230,7 @@ class Dataplane:
             for version, state in self._states.items():
                 for handle, a in state.applied.items():
                     families.setdefault(handle, {})[version] = AppliedFamily(
-                        a.digest, a.family.accept_count, a.at, a.adopted)
+                        a.digest, a.family.accept_count, a.at, a.adopted, a.verified_at)
             return {h: AppliedContainer(h, f) for h, f in families.items()}
 
     def invalidate(self) -> None:
@@ -163,14 +253,16 @@ class Dataplane:
         now: float,
         spec: SweepSpec | None,
         force: Collection[str] = (),
+        adopt_only: Collection[str] = (),
     ) -> FamilyCycle:
         cycle = FamilyCycle(state, wanted=wanted, renderer=renderer, logger=self._log, now=now,
-                            max_restores=self._max_restores, sweep=spec, force=force)
+                            max_restores=self._max_restores, sweep=spec, force=force, adopt_only=adopt_only)
         cycle.run()
         return cycle
 
     def _finish(
-        self, kind: str, runs: Mapping[int, FamilyCycle], total: int, started: float, *, prune_logged: bool
+        self, kind: str, runs: Mapping[int, FamilyCycle], total: int, started: float, *, prune_logged: bool,
+        refused: Mapping[str, str] | None = None,
     ) -> ApplyReport:
         touched: set[str] = set()
         skipped: dict[str, list[str]] = {}
@@ -192,21 +284,31 @@ class Dataplane:
             deleted={v: tuple(run.deleted) for v, run in runs.items() if run.deleted},
             closed={v: tuple(run.closed) for v, run in runs.items() if run.closed},
             deferred={c: r for run in runs.values() for c, r in run.deferred.items()},
+            refused=dict(refused or {}),
+            drifted={h: f"IPv{v}: {r}" for v, run in runs.items() for h, r in run.drifted.items()},
             families={v: run.report() for v, run in runs.items()},
             seconds=time.monotonic() - started,
         )
         self._log_report(report, prune_logged)
+        if self._fingerprints is not None and (report.changes or any(f.learned for f in report.families.values())):
+            self._fingerprints.save({v: s.applied for v, s in self._states.items()})
         return report
 
     def _log_report(self, report: ApplyReport, prune: bool) -> None:
         notes = {**{f"container:{h}": r for h, r in report.skipped.items()},
-                 **{f"chain:{c}": r for c, r in report.deferred.items()}}
+                 **{f"chain:{c}": r for c, r in report.deferred.items()},
+                 **{f"refused:{h}": r for h, r in report.refused.items()}}
         for key, reason in notes.items():
             if self._logged.get(key) != reason:  # once per reason, not every cycle
                 kind, _, name = key.partition(":")
-                event = "container-skipped" if kind == "container" else "orphan-deferred"
-                self._log.info(event, {"handle" if kind == "container" else "chain": name, "reason": reason})
+                if kind == "refused":
+                    self._log.error("container-refused", reason, {"handle": name})
+                else:
+                    event = "container-skipped" if kind == "container" else "orphan-deferred"
+                    self._log.info(event, {"handle" if kind == "container" else "chain": name, "reason": reason})
                 self._logged[key] = reason
+        for handle, reason in report.drifted.items():
+            self._log.error("chain-drift-repaired", reason, {"handle": handle})
         if prune:
             for key in [k for k in self._logged if k not in notes]:
                 del self._logged[key]

@@ -29,6 +29,11 @@ Goals and the mechanism serving each:
   their lines are generated (:meth:`Payload.resolved` returns them with it).
 * **Never an empty transaction** — building one with nothing to do is an error;
   callers check :attr:`Step.empty` first.
+* **A refused token fails one container** — when the renderer refuses a token of a
+  container's chains (:class:`~dynamic_asgs.errors.ValidationError`), iteration
+  stops with :class:`~dynamic_asgs.errors.RenderRefused` naming the container; the
+  runner kills the tool before its input ends, so nothing is committed, and the
+  cycle retries without it.
 """
 
 from __future__ import annotations
@@ -39,9 +44,10 @@ from dataclasses import dataclass
 
 from dynamic_asgs.asg import chains
 from dynamic_asgs.asg.translate import FamilyChains
+from dynamic_asgs.errors import RenderRefused, ValidationError
 from dynamic_asgs.iptables.render import Renderer, declare
 
-__all__ = ["Owner", "Payload", "Write"]
+__all__ = ["Owner", "Payload", "RenderRefused", "Write"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,15 +157,21 @@ class Payload:
     def __iter__(self) -> Iterator[str]:
         yield "*filter"
         for w in self.writes:
-            yield declare(w.family.asg.name)
-            for helper in w.family.helpers:
-                yield declare(helper.name)
+            try:
+                yield declare(w.family.asg.name)
+                for helper in w.family.helpers:
+                    yield declare(helper.name)
+            except ValidationError as exc:
+                raise RenderRefused(w.handle, exc) from exc
         for name in self.deletes:
             yield declare(name)
         rules = self._renderer.rules
         for w in self.writes:
-            yield f"-F {w.family.parent.name}"
-            yield from rules(w.family, self.digest(w))
+            try:
+                yield f"-F {w.family.parent.name}"
+                yield from rules(w.family, self.digest(w))
+            except ValidationError as exc:
+                raise RenderRefused(w.handle, exc) from exc
         reject = " ".join(chains.reject(self.version))
         for name in self.closes:
             yield f"-F {name}"

@@ -47,16 +47,22 @@ class FamilyReport:
     lock_wait_seconds: float = 0.0
     read_seconds: float | None = None
     error: str | None = None
+    #: Chains read by targeted looks (parents of new, waiting or watched containers).
+    looked: int = 0
+    #: Containers whose fingerprints were learned (kept across restarts when configured).
+    learned: int = 0
 
 
 @dataclass(frozen=True)
 class ApplyReport:
     """What :meth:`Dataplane.apply`, ``apply_one`` or ``remove_orphans`` did.
 
-    ``skipped`` and ``failed`` map handles to reasons (prefixed ``IPv4:``/``IPv6:``);
-    a skipped container waits for its parent chain, a failed one keeps its previous
-    rules and is retried next cycle. ``deferred`` maps orphan chains left in place
-    to the reason.
+    ``skipped``, ``failed``, ``refused`` and ``drifted`` map handles to reasons
+    (prefixed ``IPv4:``/``IPv6:`` where per family): a skipped container waits for
+    its parent chain (its CNI is not done), a failed one keeps its previous rules and
+    is retried next cycle, a refused one is not written at all (its chain names
+    collide with another container's), a drifted one was edited behind our back and
+    has been rewritten. ``deferred`` maps orphan chains left in place to the reason.
     """
 
     kind: str
@@ -68,6 +74,8 @@ class ApplyReport:
     deleted: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     closed: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     deferred: Mapping[str, str] = field(default_factory=dict)
+    refused: Mapping[str, str] = field(default_factory=dict)
+    drifted: Mapping[str, str] = field(default_factory=dict)
     families: Mapping[int, FamilyReport] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -103,6 +111,8 @@ class ApplyReport:
             "deleted": sum(len(v) for v in self.deleted.values()),
             "closed": sum(len(v) for v in self.closed.values()),
             "deferred": len(self.deferred),
+            "refused": len(self.refused),
+            "drifted": len(self.drifted),
             "commits": self.commits,
             "payload_lines": {str(v): f.payload_lines for v, f in self.families.items()},
             "restores": {str(v): f.restores for v, f in self.families.items()},
@@ -119,6 +129,7 @@ class AppliedFamily:
     accept_rules: int
     applied_at: float
     adopted: bool
+    verified_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,3 +152,9 @@ class AppliedContainer:
     def applied_at(self) -> float:
         """When the most recent of its families was written or adopted (UNIX time)."""
         return max(f.applied_at for f in self.families.values())
+
+    @property
+    def verified_at(self) -> float | None:
+        """When a whole-table read last showed every family exactly as written (None: not yet since the write)."""
+        times = [f.verified_at for f in self.families.values()]
+        return None if any(t is None for t in times) else min(t for t in times if t is not None)

@@ -19,38 +19,65 @@ Goals and the mechanism serving each:
   refused rule of a container's own chain and a lock timeout leave it, since the
   restore committed nothing and nothing the cache holds was involved
   (:mod:`.cycle`).
-* **Parents belong to the CNI** — a parent is *present* (seen or written), *missing*
-  (absent from a read made in this cycle, or refused by a restore) or *unknown*
-  (created since the last read). Missing parents are skipped; unknown ones are
+* **Parents belong to the CNI** — a parent is :class:`Parent` ``ABSENT``, ``BARE``
+  (as a CNI creates it: REJECT, maybe a log rule), ``STATIC`` (holding the static
+  rules a CNI inserts when the agent does not answer it), ``OURS`` (our hash
+  comment) or ``UNKNOWN`` (not looked at since it may have changed). What a cycle
+  knows comes from a whole-table read (``fresh``) or a targeted read of the chains
+  it must decide on (:meth:`KernelTable.observe`). New containers are written when
+  :mod:`.settle` says their CNI is done; known ones whose parent is unknown are
   written optimistically, guarded by ``-F`` (see :mod:`.payload`), because a
   restore that succeeds is cheaper than any check, and a refused one costs what a
-  per-chain check would (measured with ``bench/dataplane.py --probe``: at 500k
-  rules a per-chain ``iptables -S`` costs 0.7 s on legacy and ~0 on nft, a whole
-  ``iptables-save`` 1.1 s and 3.6 s, a refused restore 0.65 s and ~0).
+  per-chain check would (``bench/dataplane.py --probe`` measures both).
+* **Drift is repaired** — a whole-table read gives each tracked chain a fingerprint
+  of its saved text. The first one read after our write is learned (or taken from
+  the fingerprints kept across restarts, see :mod:`.fingerprints`); a chain whose
+  fingerprint changes later was edited behind our back, and is rewritten.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 
 from dynamic_asgs.asg.translate import FamilyChains
 from dynamic_asgs.iptables.render import Renderer
 from dynamic_asgs.iptables.saved import ChainInfo, SavedTable
 
 from .payload import Write
+from .settle import Settler
 
-__all__ = ["Applied", "Classified", "KernelTable", "classify", "family_targets", "same_content"]
+__all__ = ["Applied", "Classified", "KernelTable", "Parent", "classify", "family_targets", "same_content"]
+
+Fingerprints = dict[str, str]
+
+
+class Parent(Enum):
+    """What a container's parent chain holds, as far as this cycle knows."""
+
+    UNKNOWN = "unknown"
+    ABSENT = "absent"
+    BARE = "bare"
+    STATIC = "static"
+    OURS = "ours"
 
 
 @dataclass(slots=True)
 class Applied:
-    """A container's chains as last written or adopted in one family."""
+    """A container's chains as last written or adopted in one family.
+
+    ``fingerprints`` (chain -> fingerprint of its saved text) are None until a
+    whole-table read after the write shows them; ``verified_at`` is when a
+    whole-table read last showed the chains exactly as written.
+    """
 
     family: FamilyChains
     digest: str
     at: float
     adopted: bool
+    fingerprints: Fingerprints | None = None
+    verified_at: float | None = None
 
 
 def family_targets(family: FamilyChains) -> dict[str, tuple[str, ...]]:
@@ -72,22 +99,53 @@ class KernelTable:
         self.chains = saved.chains
         self.info = saved.info
         self.referrers = saved.referrers
-        self.missing: set[str] = set()
-        #: Read during the current cycle: a chain absent from ``chains`` is known to be missing.
+        #: Read whole during the current cycle: every chain is known, fingerprints included.
         self.fresh = True
+        #: Chains read by a targeted look during the current cycle.
+        self.observed: set[str] = set()
 
-    def parent_state(self, name: str) -> bool | None:
-        """True if the chain exists, False if it is known to be missing, None if unknown."""
+    def parent(self, name: str) -> Parent:
+        """What the parent chain ``name`` holds, if this cycle knows."""
+        if name not in self.chains:
+            return Parent.ABSENT if self.fresh or name in self.observed else Parent.UNKNOWN
+        if not (self.fresh or name in self.observed):
+            return Parent.UNKNOWN
+        info = self.info.get(name)
+        if info is None or info.rules == 0:
+            return Parent.BARE
+        if info.digest is not None:
+            return Parent.OURS
+        return Parent.STATIC if info.established else Parent.BARE
+
+    def exists(self, name: str) -> bool | None:
+        """True if the chain exists, False if this cycle knows it does not, None if unknown."""
         if name in self.chains:
             return True
-        if self.fresh or name in self.missing:
-            return False
-        return None
+        return False if self.fresh or name in self.observed else None
 
     def mark_missing(self, name: str) -> None:
         """A restore showed that ``name`` does not exist."""
+        self._unlink(name)
+        self.info.pop(name, None)
         self.chains.discard(name)
-        self.missing.add(name)
+        self.observed.add(name)
+
+    def observe(self, names: Collection[str], part: SavedTable) -> None:
+        """Record a targeted read of ``names`` (``part`` holds those of them that exist)."""
+        for name in names:
+            if name in part.chains:
+                self.chains.add(name)
+                found = part.info.get(name)
+                if found is not None:
+                    self._set(name, found)
+            else:
+                self.mark_missing(name)
+            self.observed.add(name)
+
+    def end_cycle(self) -> None:
+        """What this cycle saw may change before the next one."""
+        self.fresh = False
+        self.observed.clear()
 
     def matches(self, family: FamilyChains, digest: str) -> bool:
         """Whether the kernel holds exactly ``family`` (by hash and rule counts)."""
@@ -104,6 +162,16 @@ class KernelTable:
                 return False
         return True
 
+    def fingerprints(self, family: FamilyChains) -> Fingerprints | None:
+        """The fingerprints of ``family``'s chains as last read whole (None if any is unknown)."""
+        out: Fingerprints = {}
+        for chain in family.chains:
+            found = self.info.get(chain.name)
+            if found is None or found.fingerprint is None:
+                return None
+            out[chain.name] = found.fingerprint
+        return out
+
     def owned(self) -> list[str]:
         """Every ASG chain in the table (ours, ``asg-``, and Go candidates, ``casg-``)."""
         return [name for name in self.info if name.startswith(("asg-", "casg-"))]
@@ -115,7 +183,6 @@ class KernelTable:
             for chain in w.family.chains:
                 digest = w.digest if chain is w.family.asg or chain is w.family.parent else None
                 self._set(chain.name, ChainInfo(digest, len(chain.rules), targets[chain.name]))
-            self.missing.discard(w.family.parent.name)
         for name in closes:
             self._set(name, ChainInfo(None, 1, ()))
         for name in deletes:
@@ -160,59 +227,156 @@ class Classified:
     writes: list[Write] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)
     unchanged: int = 0
+    #: Handles waiting for their parent chain, with the reason.
     skipped: dict[str, str] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)
+    #: Handles whose chains were edited behind our back (rewritten), with what differed.
+    drifted: dict[str, str] = field(default_factory=dict)
+    #: Written handles to look at again: True until the watch deadline, False once.
+    watch: dict[str, bool] = field(default_factory=dict)
+    #: Handles whose fingerprints were learned in this classification.
+    learned: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What :func:`classify` needs besides the tables."""
+
+    renderer: Renderer
+    now: float
+    settler: Settler
+    baseline: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    scope: Collection[str] | None = None
+    force: Collection[str] = ()
+    exclude: Collection[str] = ()
+    #: Handles that may be adopted but never written (their chain names are contested).
+    adopt_only: Collection[str] = ()
+
+
+def _drift(family: FamilyChains, kernel: KernelTable, known: Fingerprints | None) -> str | None:
+    """Which chain of ``family`` differs from the fingerprints ``known``; None if none (or nothing to compare)."""
+    if known is None or not kernel.fresh:
+        return None
+    for chain in family.chains:
+        found = kernel.info.get(chain.name)
+        if found is not None and found.fingerprint is not None and known.get(chain.name) not in (
+                None, found.fingerprint):
+            return f"chain {chain.name} was edited in place"
+    return None
+
+
+def _baseline(family: FamilyChains, digest: str, baseline: Mapping[str, tuple[str, str]]) -> Fingerprints | None:
+    """Fingerprints kept across restarts for ``family``, when they were taken of the same content."""
+    out: Fingerprints = {}
+    for chain in family.chains:
+        kept = baseline.get(chain.name)
+        if kept is None or kept[0] != digest:
+            return None
+        out[chain.name] = kept[1]
+    return out
 
 
 def classify(
-    kernel: KernelTable,
-    applied: dict[str, Applied],
-    wanted: Mapping[str, FamilyChains],
-    *,
-    renderer: Renderer,
-    now: float,
-    scope: Collection[str] | None = None,
-    force: Collection[str] = (),
-    exclude: Collection[str] = (),
+    kernel: KernelTable, applied: dict[str, Applied], wanted: Mapping[str, FamilyChains], ctx: Context
 ) -> Classified:
-    """Sort ``wanted`` into writes, adopted, unchanged and skipped (parent missing).
+    """Sort ``wanted`` into writes, adopted, unchanged, waiting (parent not ready) and drifted.
 
-    Containers in ``force`` are written even when they look right (the CNI just
-    recreated their parent); containers outside ``scope`` (when given) are left
-    ``pending``; ``exclude``d ones are not looked at. Adoption is recorded in
-    ``applied`` at once: it is knowledge about the kernel, not a write.
+    Containers in ``ctx.force`` are written even when they look right (the CNI just
+    recreated their parent); containers outside ``ctx.scope`` (when given) are left
+    ``pending``; ``ctx.exclude``d ones are not looked at. Adoption and learned
+    fingerprints are recorded in ``applied`` at once: knowledge about the kernel,
+    not a write.
     """
     out = Classified()
+    settler, now = ctx.settler, ctx.now
     for handle, family in wanted.items():
-        if handle in exclude:
+        if handle in ctx.exclude:
+            continue
+        forced = handle in ctx.force
+        if not forced and not kernel.fresh and handle in settler.waiting and not settler.due(handle, now):
+            out.skipped[handle] = settler.reason(handle)
             continue
         prev = applied.get(handle)
         known = prev is not None and same_content(prev.family, family)
         digest: str | None
         if known and prev is not None:
             digest = prev.digest
-        elif handle not in force and family.asg.name in kernel.info:
-            digest = renderer.digest(family)  # something to compare with: hash now
+        elif not forced and family.asg.name in kernel.info:
+            digest = ctx.renderer.digest(family)  # something to compare with: hash now
         else:
             digest = None  # it will be written: the payload hashes it while the restore streams
-        if digest is not None and handle not in force and kernel.matches(family, digest):
-            if prev is None or prev.digest != digest:
-                applied[handle] = Applied(family, digest, now, adopted=True)
-                out.adopted.append(handle)
+        if digest is not None and not forced and kernel.matches(family, digest):
+            if _keep(handle, family, digest, prev, kernel, applied, ctx, out):
+                continue
+        elif (known and kernel.fresh and handle not in settler.watched
+              and kernel.exists(family.parent.name) and family.asg.name in kernel.chains):
+            out.drifted[handle] = "its chains no longer hold what was written"
+        if handle in ctx.adopt_only:
+            continue
+        if _decide(handle, family, digest, prev, kernel, ctx, out):
+            if ctx.scope is not None and handle not in ctx.scope:
+                out.pending.append(handle)
             else:
-                prev.family = family
-                out.unchanged += 1
-            continue
-        parent = family.parent.name
-        state = kernel.parent_state(parent)
-        if state is False and kernel.fresh:
-            kernel.missing.add(parent)  # remembered after this cycle: no optimistic attempt next time
-        if state is False and not (handle in force and not kernel.fresh):
-            out.skipped[handle] = f"parent chain {parent} does not exist (the CNI creates it, then forces a sync)"
-            continue
-        if scope is not None and handle not in scope:
-            out.pending.append(handle)
-            continue
-        out.writes.append(Write(handle, family, digest))
+                out.writes.append(Write(handle, family, digest))
     return out
 
+
+def _keep(
+    handle: str, family: FamilyChains, digest: str, prev: Applied | None, kernel: KernelTable,
+    applied: dict[str, Applied], ctx: Context, out: Classified,
+) -> bool:
+    """The kernel holds ``family``: adopt or keep it, unless its fingerprints show drift (then False)."""
+    current = kernel.fingerprints(family) if kernel.fresh else None
+    if prev is None or prev.digest != digest:
+        drift = _drift(family, kernel, _baseline(family, digest, ctx.baseline))
+        if drift is not None:
+            out.drifted[handle] = drift
+            return False
+        applied[handle] = Applied(family, digest, ctx.now, adopted=True, fingerprints=current,
+                                  verified_at=ctx.now if current is not None else None)
+        out.adopted.append(handle)
+        if current is not None:
+            out.learned.append(handle)
+        ctx.settler.settled(handle)
+        return True
+    drift = _drift(family, kernel, prev.fingerprints)
+    if drift is not None:
+        out.drifted[handle] = drift
+        return False
+    prev.family = family
+    if current is not None:
+        prev.verified_at = ctx.now
+        if prev.fingerprints != current:
+            prev.fingerprints = current
+            out.learned.append(handle)
+    out.unchanged += 1
+    if kernel.fresh or family.parent.name in kernel.observed:
+        ctx.settler.verified(handle, ctx.now)
+    return True
+
+
+def _decide(
+    handle: str, family: FamilyChains, digest: str | None, prev: Applied | None, kernel: KernelTable,
+    ctx: Context, out: Classified,
+) -> bool:
+    """Whether to write ``handle`` now (its CNI is done with the parent); records waits and watches."""
+    parent_name = family.parent.name
+    parent = kernel.parent(parent_name)
+    settler, now = ctx.settler, ctx.now
+    if handle in ctx.force and parent is not Parent.ABSENT:
+        settler.settled(handle)
+        return True
+    if parent is Parent.ABSENT:
+        out.skipped[handle] = settler.wait(handle, now, f"parent chain {parent_name} does not exist (the CNI "
+                                           "creates it): looked at again")
+        return False
+    watched = handle in settler.watched
+    if prev is None or watched:
+        if parent is Parent.BARE and prev is None and settler.age(handle, now) < settler.settings.settle_seconds:
+            out.skipped[handle] = settler.wait(handle, now, f"the CNI is still setting up parent chain {parent_name}")
+            return False
+        if parent is Parent.STATIC or (watched and parent is not Parent.OURS):
+            out.watch[handle] = False  # the CNI is done (or has just inserted above us): look once more
+        elif parent is Parent.BARE and prev is None:
+            out.watch[handle] = True  # written before the CNI showed it is done: watch for late rules
+    return True
