@@ -4,8 +4,9 @@
   (certificates and keys become recognisable fake PEM text, other vars a string or a number), so the
   manifest's properties can be rendered; `VARS` holds the non-generated vars an operator passes.
 - `render_group_job` renders one job of an instance group of an interpolated manifest, with the
-  links the director would wire (dbconn from the api group's policy-server, vpa from the cell's
-  agent); `config_loaders` maps each JSON config a job renders to the daemon's own loader.
+  links the director would wire (dynamic-asgs-db from the api group's policy server,
+  dynamic-asgs-agent from the cell's agent, cni_config from the cell's CNI job); `config_loaders`
+  maps each JSON config a job renders to the daemon's own loader.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from dynamic_asgs.syncer.settings import load_settings as load_syncer_settings
 from support.bosh_render import Rendered, link_from_job, render_job
 
 __all__ = [
-    "JOBS", "MANIFEST", "OPS_FILES", "RELEASE", "VARS", "cni_plugin_config", "config_loaders", "interpolate",
-    "job_properties", "links_for", "render_group_job",
+    "GROUPS", "JOBS", "LINKS", "MANIFEST", "OPS_FILES", "RELEASE", "VARS", "cni_plugin_config", "config_loaders",
+    "interpolate", "job_properties", "links_for", "render_group_job",
 ]
 
 RELEASE = Path(__file__).resolve().parents[2]
@@ -88,16 +89,22 @@ def job_properties(manifest: dict[str, Any], group: str, job: str) -> dict[str, 
     return dict(entry.get("properties") or {})
 
 
+#: Each job of the release and the instance group the example manifest runs it in.
+GROUPS = {"dynamic-asgs-policy-server": "api", "dynamic-asgs-asg-syncer": "api", "dynamic-asgs-agent": "diego-cell",
+          "dynamic-asgs-netmon": "diego-cell", "dynamic-asgs-cni": "diego-cell"}
+#: consumer job -> {link name: (provider job, link name at the provider)}, as the standalone manifest wires them.
+LINKS = {"dynamic-asgs-asg-syncer": {"dynamic-asgs-db": ("dynamic-asgs-policy-server", "dynamic-asgs-db")},
+         "dynamic-asgs-cni": {"dynamic-asgs-agent": ("dynamic-asgs-agent", "dynamic-asgs-agent")},
+         "dynamic-asgs-agent": {"cni_config": ("dynamic-asgs-cni", "cni_config")}}
+
+
 def links_for(job: str, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     """The links the director gives ``job`` (from the manifest's providers, or their spec defaults)."""
-    def props(group: str, provider: str) -> dict[str, Any]:
-        return job_properties(manifest, group, provider) if manifest is not None else {}
-
-    if job == "policy-server-asg-syncer":
-        return {"dbconn": link_from_job(JOBS / "policy-server", "dbconn", props("api", "policy-server"))}
-    if job == "dynamic-asgs-cni":
-        return {"vpa": link_from_job(JOBS / "vxlan-policy-agent", "vpa", props("diego-cell", "vxlan-policy-agent"))}
-    return {}
+    links = {}
+    for name, (provider, provided) in LINKS.get(job, {}).items():
+        props = job_properties(manifest, GROUPS[provider], provider) if manifest is not None else {}
+        links[name] = link_from_job(JOBS / provider, provided, props, group=GROUPS[provider])
+    return links
 
 
 def render_group_job(manifest: dict[str, Any], group: str, job: str) -> dict[str, Rendered]:
@@ -127,9 +134,9 @@ def _load_netmon(path: Path) -> Any:
 
 #: job -> (rendered config destination, the daemon's own loader)
 config_loaders: dict[str, tuple[str, Callable[[Path], Any]]] = {
-    "policy-server": ("config/policy-server.json", load_policy_settings),
-    "policy-server-asg-syncer": ("config/policy-server-asg-syncer.json", load_syncer_settings),
-    "vxlan-policy-agent": ("config/vxlan-policy-agent.json", load_agent_settings),
-    "netmon": ("config/netmon.json", _load_netmon),
+    "dynamic-asgs-policy-server": ("config/policy-server.json", load_policy_settings),
+    "dynamic-asgs-asg-syncer": ("config/policy-server-asg-syncer.json", load_syncer_settings),
+    "dynamic-asgs-agent": ("config/vxlan-policy-agent.json", load_agent_settings),
+    "dynamic-asgs-netmon": ("config/netmon.json", _load_netmon),
     "dynamic-asgs-cni": ("config/cni/dynamic-asgs.conflist", _load_cni),
 }

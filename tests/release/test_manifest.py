@@ -47,8 +47,8 @@ def test_each_ops_file_applies_and_the_result_is_deployable(ops: Path | None) ->
     assert manifest["name"] == "dynamic-asgs"
     assert [r["name"] for r in manifest["releases"]] == ["dynamic-asgs"]
     groups = {g["name"]: [j["name"] for j in g["jobs"]] for g in manifest["instance_groups"]}
-    assert groups == {"api": ["policy-server", "policy-server-asg-syncer"],
-                      "diego-cell": ["vxlan-policy-agent", "netmon", "dynamic-asgs-cni"]}
+    assert groups == {"api": ["dynamic-asgs-policy-server", "dynamic-asgs-asg-syncer"],
+                      "diego-cell": ["dynamic-asgs-agent", "dynamic-asgs-netmon", "dynamic-asgs-cni"]}
     for group in manifest["instance_groups"]:
         assert group["stemcell"] in {s["alias"] for s in manifest["stemcells"]}
         for job in group["jobs"]:
@@ -80,22 +80,22 @@ def test_every_ca_and_certificate_is_a_variable() -> None:
 def test_disable_dynamic_asgs_sets_the_two_values() -> None:
     before = load_yaml(MANIFEST)
     after = apply_ops_files(MANIFEST, RELEASE / "ops-files" / "disable-dynamic-asgs.yml")
-    assert job_properties(after, "api", "policy-server-asg-syncer")["disable"] is True
-    assert job_properties(after, "diego-cell", "vxlan-policy-agent")["enable_asg_syncing"] is False
+    assert job_properties(after, "api", "dynamic-asgs-asg-syncer")["disable"] is True
+    assert job_properties(after, "diego-cell", "dynamic-asgs-agent")["enable_asg_syncing"] is False
     ops = load_yaml(RELEASE / "ops-files" / "disable-dynamic-asgs.yml")
     assert [(o["type"], o["path"]) for o in ops] == [
-        ("replace", "/instance_groups/name=api/jobs/name=policy-server-asg-syncer/properties/disable?"),
-        ("replace", "/instance_groups/name=diego-cell/jobs/name=vxlan-policy-agent/properties/enable_asg_syncing?"),
-    ], "cf-deployment's operations and paths"
-    assert "disable" not in job_properties(before, "api", "policy-server-asg-syncer")
-    assert job_properties(before, "diego-cell", "vxlan-policy-agent")["enable_asg_syncing"] is True
+        ("replace", "/instance_groups/name=api/jobs/name=dynamic-asgs-asg-syncer/properties/disable?"),
+        ("replace", "/instance_groups/name=diego-cell/jobs/name=dynamic-asgs-agent/properties/enable_asg_syncing?"),
+    ], "cf-deployment's two operations, on this release's jobs"
+    assert "disable" not in job_properties(before, "api", "dynamic-asgs-asg-syncer")
+    assert job_properties(before, "diego-cell", "dynamic-asgs-agent")["enable_asg_syncing"] is True
 
 
 def test_ops_files_compose() -> None:
     names = ["use-postgres.yml", "use-database-tls.yml", "set-asg-poll-intervals.yml", "enable-asg-logging.yml",
              "scale-api.yml", "disable-dynamic-asgs.yml"]
     manifest = interpolate(apply_ops_files(MANIFEST, *(RELEASE / "ops-files" / n for n in names)))
-    db = job_properties(manifest, "api", "policy-server")["database"]
+    db = job_properties(manifest, "api", "dynamic-asgs-policy-server")["database"]
     assert (db["type"], db["port"], db["require_ssl"]) == ("postgres", 5432, True)
     assert [g["instances"] for g in manifest["instance_groups"]] == [2, 1]
 

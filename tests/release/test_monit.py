@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support.bosh_render import link_from_job, render, render_job
+from support.bosh_render import GROUP, link_from_job, render, render_job
 from support.env import require_tools
 from support.monit import RUNNING, STOPPED, MonitError, private_monit, syntax_error
 from support.vcap_root import VcapRoot
@@ -73,7 +73,7 @@ def test_job_starts_healthy_and_stops_cleanly(tmp_path: Path) -> None:
     with private_monit(root) as monit:
         assert monit.start_all() == {"echo-server": RUNNING}
         body = json.loads(get(port))
-        assert body["job"] == "echo-server" and body["database"]["name"] == "asgs"
+        assert body["job"] == GROUP and body["database"]["name"] == "asgs", "the rendered config, served"
         assert os.stat(root.path / "jobs/echo-server/config/certs/server.key").st_mode & 0o777 == 0o600
         assert pid_of(root) in root.processes()
         assert (root.path / "sys/log/echo-server/echo-server.stderr.log").exists()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from support.bosh_render import (
+    GROUP,
     RenderError,
     link_from_job,
     merged_properties,
@@ -72,7 +73,8 @@ def test_if_p_yields_only_when_set() -> None:
 
 def test_spec_fields_as_the_director_gives_them() -> None:
     out = config(spec={"index": 2, "address": "10.0.16.5", "bootstrap": False})
-    assert (out["job"], out["index"], out["address"], out["bootstrap"]) == ("echo-server", 2, "10.0.16.5", False)
+    assert (out["index"], out["address"], out["bootstrap"]) == (2, "10.0.16.5", False)
+    assert out["job"] == GROUP != "echo-server", "spec.job.name is the instance group's name, never the job's"
 
 
 def test_link_properties_instances_and_address() -> None:

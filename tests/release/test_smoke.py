@@ -9,9 +9,9 @@ touched. monit starts everything; the test waits until the policy server is heal
 the stub's ASGs (so the syncer synced), the agent answers /log-level, then stops everything and
 checks that no process is left.
 
-The machine has no `vcap` user: the ctl scripts' RUN_USER/RUN_GROUP become nobody/nogroup (the
-one change made to the rendered files besides support.vcap_root's path rewrite), which proves the
-daemons drop root as they will drop it to vcap on a VM.
+The machine has no `vcap` user: the ctl and pre-start scripts' `--user vcap` becomes
+`--user nobody:nogroup` (the one change made to the rendered files besides support.vcap_root's path
+rewrite), which proves the daemons drop root as they will drop it to vcap on a VM.
 """
 
 from __future__ import annotations
@@ -75,8 +75,7 @@ def install(root: VcapRoot, job: str, properties: dict[str, Any], links: dict[st
     files = {dest: r.text for dest, r in render_job(JOBS / job, properties, links=links or {}).items()}
     for dest in ("bin/ctl", "bin/pre-start"):
         if dest in files:
-            files[dest] = files[dest].replace("RUN_USER=vcap\n", f"RUN_USER={STANDIN_USER}\n").replace(
-                "RUN_GROUP=vcap\n", f"RUN_GROUP={STANDIN_GROUP}\n")
+            files[dest] = files[dest].replace("--user vcap ", f"--user {STANDIN_USER}:{STANDIN_GROUP} ")
     root.install_job(job, files)
 
 
@@ -108,38 +107,41 @@ def test_jobs_start_healthy_under_monit_and_stop_cleanly(compiled_packages: dict
             server_props = {"listen_ip": "127.0.0.1", "internal_listen_port": ports["api"],
                             "health_check_port": ports["health"], "metrics_port": 0, "workers": 1,
                             "ca_cert": pem["ca"], "server_cert": pem["server_cert"], "server_key": pem["server_key"]}
-            install(root, "policy-server", server_props)
+            install(root, "dynamic-asgs-policy-server", server_props)
             cc_ca = (stub.pki_dir / "cc-ca.crt").read_text()
-            install(root, "policy-server-asg-syncer", {
+            install(root, "dynamic-asgs-asg-syncer", {
                 "asg_poll_interval_seconds": 1, "metrics_port": 0, "uaa_client_secret": "network-policy-secret",
                 "uaa_hostname": "127.0.0.1", "uaa_port": stub.ports["public"], "uaa_ca": cc_ca,
                 "cc_hostname": "127.0.0.1", "cc_port": stub.ports["public"], "cc_ca_cert": cc_ca,
                 "cc_internal": {"hostname": "127.0.0.1", "port": stub.ports["internal"], "ca_cert": cc_ca,
                                 "client_cert": (stub.pki_dir / "cc-client.crt").read_text(),
                                 "client_key": (stub.pki_dir / "cc-client.key").read_text()},
-            }, links={"dbconn": link_from_job(JOBS / "policy-server", "dbconn", server_props)})
+            }, links={"dynamic-asgs-db": link_from_job(JOBS / "dynamic-asgs-policy-server", "dynamic-asgs-db",
+                                                       server_props)})
             agent_props = {"policy_server": {"hostname": "127.0.0.1", "internal_listen_port": ports["api"]},
                            "force_policy_poll_cycle_port": ports["force"], "debug_server_port": ports["debug"],
                            "metrics_port": 0, "asg_poll_interval_seconds": 2, "ca_cert": pem["ca"],
                            "client_cert": pem["client_cert"], "client_key": pem["client_key"], **ipt}
-            install(root, "vxlan-policy-agent", agent_props)
-            install(root, "netmon", {"metrics_port": 0, "poll_interval": 1,
-                                     "iptables_save_command": ipt["iptables_save_command"],
-                                     "ip6tables_save_command": ipt["ip6tables_save_command"]})
+            install(root, "dynamic-asgs-agent", agent_props, links={
+                "cni_config": link_from_job(JOBS / "dynamic-asgs-cni", "cni_config", {})})
+            install(root, "dynamic-asgs-netmon", {"metrics_port": 0, "poll_interval": 1,
+                                                  "iptables_save_command": ipt["iptables_save_command"],
+                                                  "ip6tables_save_command": ipt["ip6tables_save_command"]})
             install(root, "dynamic-asgs-cni", {}, links={
-                "vpa": link_from_job(JOBS / "vxlan-policy-agent", "vpa", agent_props)})
+                "dynamic-asgs-agent": link_from_job(JOBS / "dynamic-asgs-agent", "dynamic-asgs-agent", agent_props)})
 
             # The BOSH agent runs pre-start scripts before monit starts the processes.
-            for job in ("policy-server", "dynamic-asgs-cni"):
+            for job in ("dynamic-asgs-policy-server", "dynamic-asgs-cni"):
                 result = subprocess.run(
                     [str(root.path / "jobs" / job / "bin" / "pre-start")], capture_output=True, text=True,
                     timeout=120, check=False)
                 assert result.returncode == 0, f"{job} pre-start: {result.stdout}{result.stderr}"
-            db = root.path / "store" / "policy-server" / "policy_server.db"
+            db = root.path / "store" / "dynamic-asgs-policy-server" / "policy_server.db"
             assert db.is_file() and pwd.getpwuid(db.stat().st_uid).pw_name == STANDIN_USER, "migrated as the user"
 
             with private_monit(root) as monit:
-                daemons = ["netmon", "policy-server", "policy-server-asg-syncer", "vxlan-policy-agent"]
+                daemons = ["dynamic-asgs-agent", "dynamic-asgs-asg-syncer", "dynamic-asgs-netmon",
+                           "dynamic-asgs-policy-server"]
                 assert monit.start_all(timeout=90) == dict.fromkeys(daemons, RUNNING)
                 health = wait_for(lambda: requests.get(f"http://127.0.0.1:{ports['health']}/health", timeout=5,
                                                        proxies=NO_PROXY).json(), timeout=60, what="policy health")
@@ -162,11 +164,12 @@ def test_jobs_start_healthy_under_monit_and_stop_cleanly(compiled_packages: dict
 
                 nobody = pwd.getpwnam(STANDIN_USER).pw_uid
                 for job in daemons:
-                    expected = 0 if job in ("vxlan-policy-agent", "netmon") else nobody
+                    expected = 0 if job in ("dynamic-asgs-agent", "dynamic-asgs-netmon") else nobody
                     assert uid_of(pid_of(root, job)) == expected, f"{job} runs as the wrong user"
-                secrets = ["jobs/policy-server/config/certs/server.key", "jobs/policy-server/config/policy-server.json",
-                           "jobs/policy-server-asg-syncer/config/certs/cc_internal_client.key",
-                           "jobs/vxlan-policy-agent/config/certs/client.key"]
+                secrets = ["jobs/dynamic-asgs-policy-server/config/certs/server.key",
+                           "jobs/dynamic-asgs-policy-server/config/policy-server.json",
+                           "jobs/dynamic-asgs-asg-syncer/config/certs/cc_internal_client.key",
+                           "jobs/dynamic-asgs-agent/config/certs/client.key"]
                 for secret in secrets:
                     assert stat.S_IMODE((root.path / secret).stat().st_mode) == 0o600, secret
                 for job in daemons:

@@ -10,8 +10,11 @@ Mechanisms:
 - The director's side is Python: the job's spec (jobs/<job>/spec) gives the declared properties
   and their defaults; `merged_properties` copies each declared property from the manifest's job
   properties, else its default (bosh's copy_property), and drops everything undeclared. Links
-  must be declared in `consumes`; a non-optional one must be given. `link_from_job` builds a
-  link as a provider job's spec and properties would (only the properties its `provides` lists).
+  must be declared in `consumes`; a non-optional one must be given. `link_from_job` (a job
+  directory) and `link_from_spec` (a spec, e.g. another release's) build a link as a provider
+  job's spec and properties would (only the properties its `provides` lists).
+- The instance spec is the director's: `spec.name` and `spec.job.name` are the instance group's
+  (the director's v1 naming), so a template that takes its own job's name from them is caught.
 - The template side is bosh-template's evaluation context, re-implemented in
   tests/support/render_template.rb and run with Debian's ruby (JSON in, JSON out).
 """
@@ -28,12 +31,14 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "RenderError", "Rendered", "default_spec", "link_from_job", "load_job_spec", "merged_properties",
+    "GROUP", "RenderError", "Rendered", "default_spec", "link_from_job", "link_from_spec", "load_job_spec",
+    "merged_properties",
     "render", "render_full", "render_job", "undeclared_properties",
 ]
 
 HARNESS = Path(__file__).with_name("render_template.rb")
 DEPLOYMENT = "dynamic-asgs"
+GROUP = "test-instance-group"
 
 
 class RenderError(Exception):
@@ -82,22 +87,26 @@ def merged_properties(declared: dict[str, Any] | None, manifest: dict[str, Any] 
     return merged
 
 
-def default_spec(job_name: str, **overrides: Any) -> dict[str, Any]:
-    """An instance spec as the director gives templates: one bootstrap instance on 127.0.0.1."""
+def default_spec(group: str = GROUP, jobs: list[str] | None = None, **overrides: Any) -> dict[str, Any]:
+    """An instance spec as the director gives templates: one bootstrap instance on 127.0.0.1.
+
+    As in the director (instance_spec.rb), ``name`` and ``job.name`` are the instance group's, and
+    ``job.templates`` lists the group's jobs: a template never learns its own job's name from it.
+    """
     spec = {
-        "name": job_name, "deployment": DEPLOYMENT, "id": "6b1a1f1c-0d1e-4c8a-9a55-3a1f4e0b2c01",
+        "name": group, "deployment": DEPLOYMENT, "id": "6b1a1f1c-0d1e-4c8a-9a55-3a1f4e0b2c01",
         "index": 0, "az": "z1", "address": "127.0.0.1", "ip": "127.0.0.1", "bootstrap": True,
         "networks": {"default": {"ip": "127.0.0.1", "default": ["dns", "gateway"]}},
-        "job": {"name": job_name},
+        "job": {"name": group, "templates": [{"name": job} for job in jobs or []]},
     }
     spec.update(overrides)
     return spec
 
 
-def link_from_job(provider_dir: Path | str, link_name: str, properties: dict[str, Any] | None = None, *,
-                  instances: list[dict[str, Any]] | None = None, address: str | None = None) -> dict[str, Any]:
-    """The link ``link_name`` as the provider job (its spec and manifest ``properties``) exposes it."""
-    spec = load_job_spec(provider_dir)
+def link_from_spec(spec: dict[str, Any], link_name: str, properties: dict[str, Any] | None = None, *,
+                   instances: list[dict[str, Any]] | None = None, address: str | None = None,
+                   group: str | None = None) -> dict[str, Any]:
+    """The link ``link_name`` as a provider job (its ``spec`` and manifest ``properties``) exposes it."""
     provided = [p for p in spec.get("provides") or [] if p.get("name") == link_name]
     if not provided:
         raise RenderError(f"job '{spec.get('name')}' provides no link '{link_name}'")
@@ -107,7 +116,7 @@ def link_from_job(provider_dir: Path | str, link_name: str, properties: dict[str
     if missing:
         raise RenderError(f"job '{spec.get('name')}' link '{link_name}' exposes undeclared properties {missing}")
     link_props = merged_properties({n: declared[n] for n in names}, properties)
-    group = spec.get("name")
+    group = group or str(spec.get("name"))
     default_instance = {"name": group, "index": 0, "id": "2f6c6a8e-5a59-4f4b-8a61-6c1b8f1f0a01", "az": "z1",
                         "address": "127.0.0.1", "bootstrap": True}
     link = {"instances": instances if instances is not None else [default_instance], "properties": link_props,
@@ -116,6 +125,14 @@ def link_from_job(provider_dir: Path | str, link_name: str, properties: dict[str
     if address is not None:
         link["address"] = address
     return link
+
+
+def link_from_job(provider_dir: Path | str, link_name: str, properties: dict[str, Any] | None = None, *,
+                  instances: list[dict[str, Any]] | None = None, address: str | None = None,
+                  group: str | None = None) -> dict[str, Any]:
+    """The link ``link_name`` as the job in ``provider_dir`` (its spec and manifest ``properties``) exposes it."""
+    return link_from_spec(load_job_spec(provider_dir), link_name, properties, instances=instances, address=address,
+                          group=group)
 
 
 def _check_links(spec: dict[str, Any], links: dict[str, Any]) -> None:
@@ -138,7 +155,7 @@ def _template_path(job_dir: Path, spec: dict[str, Any], template: str) -> Path:
 
 def _request(job_dir: Path, job_spec: dict[str, Any], template: str, properties: dict[str, Any] | None,
              links: dict[str, Any], spec: dict[str, Any] | None) -> dict[str, Any]:
-    instance = {**default_spec(str(job_spec.get("name"))), **(spec or {})}
+    instance = {**default_spec(jobs=[str(job_spec.get("name"))]), **(spec or {})}
     instance["properties"] = merged_properties(job_spec.get("properties"), properties)
     instance["links"] = links
     return {"template": str(_template_path(job_dir, job_spec, template)), "spec": instance}

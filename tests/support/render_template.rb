@@ -3,7 +3,8 @@
 #
 # Input (JSON on stdin): {"template": PATH, "spec": SPEC}, where SPEC is the instance spec the
 # director hands to templates: name, deployment, id, index, az, address, ip, networks, bootstrap,
-# job: {name}, properties (the job's properties, spec defaults already merged in) and links
+# job: {name, templates} (the instance group's name and jobs: the director's v1 naming, never the
+# job's own name), properties (the job's properties, spec defaults already merged in) and links
 # ({name => {instances, properties, address, instance_group, default_network, ...}}).
 # Output (JSON on stdout): {"output": TEXT, "properties": [...], "link_properties": [[link, name]...],
 # "links": [...]} listing every property and link the template asked for, or, with exit status 1,
