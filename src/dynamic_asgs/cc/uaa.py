@@ -4,6 +4,7 @@ The syncer needs a token for Cloud Controller's v3 API. The Go syncer fetches a 
 for every sync; here one token is reused until ``expires_in`` minus a margin (a tenth of
 its lifetime, at most 60 s), so a quiet poll costs no UAA round trip. A 401 from Cloud
 Controller calls :meth:`TokenSource.invalidate` and the next call fetches a fresh one.
+A token answer is read up to :data:`MAX_TOKEN_BYTES` and within the caller's deadline.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ import threading
 import time
 from collections.abc import Callable
 
+from dynamic_asgs.cc.deadline import Deadline
 from dynamic_asgs.cc.http import JsonHttp, validator
 from dynamic_asgs.config import load_schema
 
-__all__ = ["TokenSource"]
+__all__ = ["MAX_TOKEN_BYTES", "TokenSource"]
+
+#: A token answer is a JWT and a few fields, a few KiB even with many scopes.
+MAX_TOKEN_BYTES = 1024 * 1024
 
 _SCHEMA = validator(load_schema("dynamic_asgs.cc", "schemas/uaa_token.json"))
 
@@ -35,15 +40,16 @@ class TokenSource:
         self._refresh_at = 0.0
         self.fetches = 0
 
-    def token(self) -> str:
-        """A valid access token (from the cache unless it is about to expire)."""
+    def token(self, *, deadline: Deadline | None = None) -> str:
+        """A valid access token (from the cache unless it is about to expire; fetched by ``deadline``)."""
         with self._lock:
             if self._token and self._clock() < self._refresh_at:
                 return self._token
             reply = self._http.request(
                 "POST", "/oauth/token", schema=_SCHEMA, endpoint="/oauth/token",
                 data={"grant_type": "client_credentials", "response_type": "token"},
-                auth=self._auth, headers={"Accept": "application/json"},
+                auth=self._auth, headers={"Accept": "application/json"}, max_bytes=MAX_TOKEN_BYTES,
+                deadline=deadline,
             )
             lifetime = int(reply.body["expires_in"])
             self._token = str(reply.body["access_token"])

@@ -2,17 +2,16 @@
 
 The policy server runs :func:`upgrade` before it starts serving (``dynamic-asgs
 policy-server --migrate-only`` runs just this step, e.g. from a BOSH pre-start); the
-syncer runs it too, so either may start first. Concurrent runs are serialised by a lock
-held for the duration: ``pg_advisory_lock`` on PostgreSQL, ``GET_LOCK`` on MySQL/MariaDB,
-an ``flock`` beside the database file on SQLite. Revisions live in
+syncer runs it too, so either may start first. Concurrent runs are serialised by
+:mod:`.migration_lock`, held for the duration: ``pg_advisory_lock`` on PostgreSQL, a lease
+row on MySQL/MariaDB (Percona XtraDB Cluster has no ``GET_LOCK``), an ``flock`` beside the
+database file on SQLite. Revisions live in
 ``migrations/versions``; they are applied through Alembic's ``EnvironmentContext``
 directly, so no ``alembic.ini`` or ``env.py`` is involved.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,13 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
-from dynamic_asgs.errors import DatabaseError
-from dynamic_asgs.filelock import locked
+from dynamic_asgs.lager import Logger
 from dynamic_asgs.policy.db import database_errors
+from dynamic_asgs.policy.migration_lock import DEFAULT_LEASE_TTL, migration_lock
 
 __all__ = ["current_revision", "head_revision", "upgrade"]
-
-_LOCK_NAME = "dynamic_asgs.migrate"
-_PG_LOCK_KEY = 0x64617367  # "dasg"
 
 
 def _script() -> ScriptDirectory:
@@ -51,40 +47,14 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-@contextmanager
-def _migration_lock(conn: Connection, engine: Engine, timeout: float) -> Iterator[None]:
-    name = conn.dialect.name
-    if name == "postgresql":
-        conn.exec_driver_sql(f"SET lock_timeout = {int(timeout * 1000)}")
-        conn.exec_driver_sql(f"SELECT pg_advisory_lock({_PG_LOCK_KEY})")
-        conn.commit()
-        try:
-            yield
-        finally:
-            conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_PG_LOCK_KEY})")
-            conn.exec_driver_sql("SET lock_timeout = 0")
-            conn.commit()
-    elif name in ("mysql", "mariadb"):
-        got = conn.exec_driver_sql(f"SELECT GET_LOCK('{_LOCK_NAME}', {int(timeout)})").scalar()
-        conn.commit()
-        if got != 1:
-            raise DatabaseError(f"policy DB: another process held the migration lock for {timeout:.0f} s")
-        try:
-            yield
-        finally:
-            conn.exec_driver_sql(f"SELECT RELEASE_LOCK('{_LOCK_NAME}')")
-            conn.commit()
-    else:
-        path = engine.url.database
-        if not path or path == ":memory:":
-            yield
-            return
-        with locked(f"{path}.migrate-lock", timeout=timeout):
-            yield
+def upgrade(engine: Engine, *, timeout: float = 600.0, logger: Logger | None = None,
+            lease_ttl: float = DEFAULT_LEASE_TTL) -> tuple[str | None, str]:
+    """Bring the schema to the newest revision; return (revision before, revision after).
 
-
-def upgrade(engine: Engine, *, timeout: float = 600.0) -> tuple[str | None, str]:
-    """Bring the schema to the newest revision; return (revision before, revision after)."""
+    Waits up to ``timeout`` seconds for another migrator (``logger`` hears who, if given);
+    ``lease_ttl`` is how long a MySQL holder's lease outlives its last renewal.
+    """
+    log = logger or Logger("dynamic-asgs", level="fatal")  # the lock's info and error lines are optional
     script = _script()
     head = head_revision()
     before: dict[str, Any] = {}
@@ -94,7 +64,7 @@ def upgrade(engine: Engine, *, timeout: float = 600.0) -> tuple[str | None, str]
         return script._upgrade_revs(head, rev)
 
     with database_errors("migrating the schema"), engine.connect() as conn, \
-            _migration_lock(conn, engine, timeout):
+            migration_lock(conn, timeout=timeout, log=log, ttl=lease_ttl):
         with EnvironmentContext(Config(), script, fn=steps, destination_rev=head) as env:
             env.configure(connection=conn, target_metadata=None)
             with env.begin_transaction():

@@ -8,6 +8,10 @@ serves the health endpoint and the merged Prometheus metrics on 127.0.0.1, and r
 ``workers`` uvicorn processes (event loop per process; TLS 1.2+, client certificate
 required and verified against ``ca_cert_file``) on ``listen_host:internal_listen_port``.
 uvicorn's supervisor restarts a worker that dies; SIGTERM/SIGINT stop everything.
+
+Workers speak HTTP through :class:`~dynamic_asgs.policy.guard.GuardedHttpToolsProtocol`
+(bounded request heads), without proxy headers (a client's address is its TCP peer: the
+per-client bound on blocking queries must not be spoofable) and without WebSockets.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dynamic_asgs.lager import Logger
 from dynamic_asgs.metrics import multiprocess_registry, prepare_multiprocess_dir, remove_multiprocess_dir, serve_metrics
 from dynamic_asgs.policy.api import CONFIG_ENV, bridge_logging
 from dynamic_asgs.policy.db import create_engine
+from dynamic_asgs.policy.guard import GuardedHttpToolsProtocol
 from dynamic_asgs.policy.health import HealthServer
 from dynamic_asgs.policy.migrate import upgrade
 from dynamic_asgs.policy.settings import ServerSettings, load_settings
@@ -80,7 +85,7 @@ def _migrate_in_background(engine: Any, logger: Logger, stop: threading.Event) -
     def loop() -> None:
         while not stop.is_set():
             try:
-                before, after = upgrade(engine)
+                before, after = upgrade(engine, logger=logger)
             except DatabaseError as exc:
                 logger.error("schema-migration-failed", exc, {"note": "retrying in 5 s; workers answer 503"})
                 stop.wait(5)
@@ -100,7 +105,8 @@ def _uvicorn_config(settings: ServerSettings) -> uvicorn.Config:
         workers=settings.workers, ssl_certfile=settings.server_cert_file, ssl_keyfile=settings.server_key_file,
         ssl_ca_certs=settings.ca_cert_file, ssl_cert_reqs=ssl.CERT_REQUIRED, ssl_context_factory=ssl_context_factory,
         log_config=None, access_log=False, backlog=_BACKLOG, timeout_keep_alive=90, timeout_graceful_shutdown=3,
-        server_header=False, lifespan="on", loop="uvloop", http="httptools",
+        server_header=False, lifespan="on", loop="uvloop", http=GuardedHttpToolsProtocol, ws="none",
+        proxy_headers=False,
     )
 
 
@@ -113,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     engine = create_engine(settings.database, pool_size=1, max_overflow=1)
     if args.migrate_only:
         try:
-            before, after = upgrade(engine)
+            before, after = upgrade(engine, logger=logger.session("migrate"))
         except DatabaseError as exc:
             logger.error("schema-migration-failed", exc)
             return 1

@@ -12,7 +12,23 @@ from pathlib import Path
 from dynamic_asgs.config import load_config
 from dynamic_asgs.policy.db import DatabaseSettings, daemon_schema
 
-__all__ = ["ServerSettings", "load_settings"]
+__all__ = ["RequestLimits", "ServerSettings", "load_settings"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """What one connection or client may make a worker hold (issue 13); every bound is per worker.
+
+    ``head_timeout`` counts from a request's first byte (or from the connection, for the
+    first request); ``body_timeout`` from the end of the head.
+    """
+
+    max_head_bytes: int = 65536
+    max_headers: int = 100
+    head_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_blocking_queries: int = 10000
+    max_blocking_queries_per_client: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +50,7 @@ class ServerSettings:
     metrics_port: int
     log_level: str
     log_prefix: str
+    limits: RequestLimits = RequestLimits()
 
     @property
     def pool_size(self) -> int:
@@ -61,4 +78,12 @@ def load_settings(path: str | Path) -> ServerSettings:
         metrics_port=raw["metrics_port"],
         log_level=raw["log_level"],
         log_prefix=raw["log_prefix"],
+        limits=RequestLimits(
+            max_head_bytes=raw["max_request_head_bytes"],
+            max_headers=raw["max_request_headers"],
+            head_timeout=float(raw["request_head_timeout_seconds"]),
+            body_timeout=float(raw["request_body_timeout_seconds"]),
+            max_blocking_queries=raw["max_blocking_queries"],
+            max_blocking_queries_per_client=raw["max_blocking_queries_per_client"],
+        ),
     )

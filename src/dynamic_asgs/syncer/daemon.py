@@ -11,6 +11,11 @@ Goals and mechanisms:
   with full-jitter exponential backoff; once failures have lasted
   ``retry_deadline_seconds`` they are reported (error log, ``security_groups_sync_failing``
   = 1) and retries continue at the poll interval. Nothing is written by a failed poll.
+* **Refusals are loud.** An answer of CC or UAA that broke a bound (a redirect, too many
+  bytes or pages, inconsistent pages, the listing deadline; see
+  :mod:`dynamic_asgs.cc.client`) is logged at once as ``cc-answer-refused``, naming the
+  bound, its configuration key and the URL (without secrets), and counted in
+  ``security_groups_sync_refusals_total{reason}``; then it is retried like any failure.
   The daemon exits only on invalid configuration (status 2) or a signal (status 0,
   releasing the lease so a standby takes over at once).
 """
@@ -21,8 +26,17 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import assert_never
 
-from dynamic_asgs.errors import DatabaseError, DynamicASGsError, LeaseLost, UnstableListing, ValidationError
+from dynamic_asgs.errors import (
+    DatabaseError,
+    DynamicASGsError,
+    LeaseLost,
+    Refusal,
+    RefusedAnswer,
+    UnstableListing,
+    ValidationError,
+)
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.policy.lease import Lease
 from dynamic_asgs.syncer.metrics import SyncerMetrics
@@ -102,7 +116,26 @@ class LeaseKeeper:
         self.metrics.lease_held.set(1 if held else 0)
 
 
+def _bound(reason: Refusal) -> str:
+    """The bound (its configuration key, where it has one) behind a refusal."""
+    match reason:
+        case Refusal.REDIRECT:
+            return "no redirects are followed"
+        case Refusal.RESPONSE_SIZE:
+            return "cc_max_response_bytes"
+        case Refusal.PAGES:
+            return "cc_max_pages"
+        case Refusal.PAGING:
+            return "consistent pages"
+        case Refusal.DEADLINE:
+            return "cc_listing_deadline_seconds"
+        case _:
+            assert_never(reason)
+
+
 def _kind(exc: BaseException) -> str:
+    if isinstance(exc, RefusedAnswer):
+        return "refused"
     if isinstance(exc, UnstableListing):
         return "unstable"
     if isinstance(exc, ValidationError):
@@ -164,6 +197,10 @@ class SyncLoop:
     def _failed(self, exc: Exception) -> float:
         now = time.monotonic()
         kind = _kind(exc)
+        if isinstance(exc, RefusedAnswer):
+            self.metrics.refusals.labels(reason=exc.reason.value).inc()
+            self.log.error("cc-answer-refused", exc, {"reason": exc.reason.value, "bound": _bound(exc.reason),
+                                                      "limit": exc.limit, "url": exc.url})
         self.metrics.failures.labels(kind=kind).inc()
         self.metrics.polls.labels(outcome="failed").inc()
         if self._failing_since is None:

@@ -5,7 +5,9 @@ them until a signal.
 
 Everything that can be wrong in the configuration (unknown keys, unreadable certificate
 files) fails here, before the daemon starts, as a ConfigError (exit 2). Everything that
-can be down (CC, UAA, the DB) is only contacted later, with retries.
+can be down (CC, UAA, the DB) is only contacted later, with retries. Every TLS context
+for CC and UAA honours the listing deadline down to the socket
+(:func:`dynamic_asgs.cc.deadline.enforce`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from dynamic_asgs.cc.client import CloudController
+from dynamic_asgs.cc import deadline
+from dynamic_asgs.cc.client import CloudController, Limits
 from dynamic_asgs.cc.http import JsonHttp, RetryPolicy, Timeouts
 from dynamic_asgs.cc.uaa import TokenSource
 from dynamic_asgs.lager import Logger
@@ -58,7 +61,7 @@ def build_cc(settings: SyncerSettings, metrics: SyncerMetrics) -> CloudControlle
     def http(url: str, service: str, ca: str, cert: str = "", key: str = "") -> JsonHttp:
         context = client_context(ca_file=ca or None, cert_file=cert or None, key_file=key or None,
                                  skip_verify=skip, what=service)
-        return JsonHttp(url, session_for(context), service=service, timeouts=timeouts, retry=retry,
+        return JsonHttp(url, session_for(deadline.enforce(context)), service=service, timeouts=timeouts, retry=retry,
                         observe=observe)
 
     tokens = TokenSource(http(settings.uaa_url, "uaa", settings.uaa_ca),
@@ -66,8 +69,10 @@ def build_cc(settings: SyncerSettings, metrics: SyncerMetrics) -> CloudControlle
     api = http(settings.cc_url, "cloud controller", settings.cc_ca_cert)
     internal = http(settings.cc_internal_url, "cloud controller internal", settings.cc_internal_ca_cert,
                     settings.cc_internal_client_cert, settings.cc_internal_client_key)
+    limits = Limits(max_pages=settings.max_pages, max_response_bytes=settings.max_response_bytes,
+                    deadline=settings.listing_deadline)
     return CloudController(api=api, internal=internal, tokens=tokens, page_size=settings.page_size,
-                           restarts=settings.listing_attempts)
+                           restarts=settings.listing_attempts, limits=limits)
 
 
 def build(config_file: str) -> Parts:

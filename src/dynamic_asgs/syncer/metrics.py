@@ -8,7 +8,11 @@ Prometheus (this project)                                   Go (cf-networking po
 ``security_groups_store_replace_seconds{result}``           ``SecurityGroupsStoreReplace{Success,Error}Time``
 ``security_groups_polls_total{outcome}``                    (new) unchanged / no_changes / changed / failed
 ``security_groups_sync_failing`` (gauge)                    (new) 1 once failures outlast the retry deadline
-``security_groups_sync_failures_total{kind}``               (new) cc / unstable / invalid / database / lease / internal
+``security_groups_sync_failures_total{kind}``               (new) cc / refused / unstable / invalid / database /
+                                                            lease / internal
+``security_groups_sync_refusals_total{reason}``             (new) CC/UAA answers refused: redirect / response_size /
+                                                            pages / paging / deadline
+``security_groups_dropped`` (gauge)                         (new) groups of the last listing that cannot be stored
 ``security_groups_rows_written_total{op}``                  (new) insert / update / delete
 ``security_groups_stored`` / ``..._invalid_rules`` (gauges)  (new) groups stored, rules the cells will drop
 ``security_groups_dataset_version`` (gauge)                 (new)
@@ -21,6 +25,8 @@ Prometheus (this project)                                   Go (cf-networking po
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from dynamic_asgs.errors import Refusal
 
 __all__ = ["SyncerMetrics"]
 
@@ -46,6 +52,14 @@ class SyncerMetrics:
                              "1 while syncs have failed for longer than retry_deadline_seconds", registry=r)
         self.failures = Counter("security_groups_sync_failures", "Failed sync attempts by kind", ["kind"],
                                 registry=r)
+        self.refusals = Counter("security_groups_sync_refusals",
+                                "Cloud Controller and UAA answers refused, by the bound they broke", ["reason"],
+                                registry=r)
+        for reason in Refusal:
+            self.refusals.labels(reason=reason.value)
+        self.dropped = Gauge("security_groups_dropped",
+                             "Security groups of the last listing that cannot be stored (dropped; the others are)",
+                             registry=r)
         self.rows = Counter("security_groups_rows_written", "Rows written by operation", ["op"], registry=r)
         self.stored = Gauge("security_groups_stored", "Security groups in the policy DB", registry=r)
         self.invalid_rules = Gauge("security_groups_invalid_rules",

@@ -42,6 +42,9 @@ class SyncerSettings:
     lease_ttl: float
     page_size: int
     listing_attempts: int
+    max_pages: int
+    max_response_bytes: int
+    listing_deadline: float
     connect_timeout: float
     request_timeout: float
     metrics_port: int
@@ -80,6 +83,9 @@ def load_settings(path: str | Path) -> SyncerSettings:
         lease_ttl=float(raw["lease_ttl_seconds"]),
         page_size=raw["cc_page_size"],
         listing_attempts=raw["cc_listing_attempts"],
+        max_pages=raw["cc_max_pages"],
+        max_response_bytes=raw["cc_max_response_bytes"],
+        listing_deadline=float(raw["cc_listing_deadline_seconds"]),
         connect_timeout=float(raw["connect_timeout_seconds"]),
         request_timeout=float(raw["request_timeout_seconds"]),
         metrics_port=raw["metrics_port"],

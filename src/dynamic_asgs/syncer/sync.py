@@ -4,7 +4,9 @@ A poll that finds CC's ``last_update`` equal to the value stored with the data c
 request to CC and no DB write. Otherwise the listing (stable across pages, see
 :mod:`dynamic_asgs.cc.client`) is validated completely *before* the store is touched, and
 the store writes only changed rows in one fenced transaction. Any failure raises and
-leaves the DB as it was; the daemon decides about retries.
+leaves the DB as it was; the daemon decides about retries. A group that cannot be stored
+is dropped alone (:mod:`dynamic_asgs.syncer.convert`): logged as
+``security-groups-dropped`` and counted in ``security_groups_dropped``, the rest is stored.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Syncer:
         self.metrics.retrieval.observe(time.monotonic() - start)
         converted = rows_from_resources(listing.resources)
         self._report_invalid(converted.invalid_rules)
+        self._report_dropped(converted.dropped)
         result = self._store(converted.rows, listing.last_update)
         seconds = time.monotonic() - start
         self.metrics.total.observe(seconds)
@@ -89,7 +92,8 @@ class Syncer:
             "outcome": outcome, "security_groups": len(converted.rows), "inserted": result.inserted,
             "updated": result.updated, "deleted": result.deleted, "version": result.version,
             "last_update": listing.last_update, "pages": listing.pages, "listing_attempts": listing.attempts,
-            "invalid_rules": len(converted.invalid_rules), "duration_seconds": round(seconds, 3),
+            "invalid_rules": len(converted.invalid_rules), "dropped_groups": len(converted.dropped),
+            "duration_seconds": round(seconds, 3),
         })
         return PollResult(outcome, listing.last_update, result, seconds)
 
@@ -115,4 +119,12 @@ class Syncer:
                 "count": len(errors),
                 "examples": [str(e) for e in errors[:_INVALID_EXAMPLES]],
                 "note": "stored as Cloud Controller gave them; cells drop these rules",
+            })
+
+    def _report_dropped(self, reasons: Sequence[str]) -> None:
+        self.metrics.dropped.set(len(reasons))
+        if reasons:
+            self.log.error("security-groups-dropped", None, {
+                "count": len(reasons), "examples": list(reasons[:_INVALID_EXAMPLES]),
+                "note": "these groups cannot be stored and grant nothing; the others are stored",
             })

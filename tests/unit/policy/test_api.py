@@ -19,6 +19,7 @@ from uvicorn import Config, Server
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.policy.api import ROUTE, ApiMetrics, build_app
 from dynamic_asgs.policy.db import DatabaseSettings, create_engine
+from dynamic_asgs.policy.guard import GuardedHttpToolsProtocol
 from dynamic_asgs.policy.holder import DatasetHolder
 from dynamic_asgs.policy.migrate import upgrade
 from dynamic_asgs.policy.store import GroupRow, PolicyStore
@@ -59,7 +60,8 @@ class Client:
 def serving(app: Starlette) -> Iterator[Client]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = Server(Config(app, log_config=None, lifespan="on", loop="uvloop", http="httptools"))
+    server = Server(Config(app, log_config=None, lifespan="on", loop="uvloop", http=GuardedHttpToolsProtocol,
+                           proxy_headers=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -80,17 +82,17 @@ def serving(app: Starlette) -> Iterator[Client]:
 def client(store: PolicyStore) -> Iterator[Client]:
     holder = DatasetHolder(version=store.version, snapshot=store.snapshot, interval=0.05,
                            logger=Logger("t", stream=io.StringIO()))
-    with serving(build_app(holder, metrics=_metrics())) as client:
+    with serving(build_app(holder, metrics=api_metrics(), logger=Logger("t", stream=io.StringIO()))) as client:
         yield client
 
 
-_METRICS: list[ApiMetrics] = []
+API_METRICS: list[ApiMetrics] = []
 
 
-def _metrics() -> ApiMetrics:
-    if not _METRICS:  # prometheus metrics register once per process
-        _METRICS.append(ApiMetrics())
-    return _METRICS[0]
+def api_metrics() -> ApiMetrics:
+    if not API_METRICS:  # prometheus metrics register once per process
+        API_METRICS.append(ApiMetrics())
+    return API_METRICS[0]
 
 
 def names(response: requests.Response) -> list[str]:
@@ -163,7 +165,7 @@ def test_503_until_a_dataset_could_be_loaded(tmp_path: Path) -> None:
     holder = DatasetHolder(version=store.version, snapshot=store.snapshot, interval=0.05,
                            logger=Logger("t", stream=log))
     try:
-        with serving(build_app(holder, metrics=_metrics())) as client:
+        with serving(build_app(holder, metrics=api_metrics(), logger=Logger("t", stream=log))) as client:
             r = client.get(ROUTE)
             assert r.status_code == 503 and "not loaded" in r.json()["error"]
             upgrade(engine)

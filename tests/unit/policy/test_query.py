@@ -24,6 +24,9 @@ def test_get_parameters() -> None:
     ([("wait", "soon")], "wait: 'soon' is not a number of seconds"),
     ([("space_guids", "a b")], "space_guids: 'a b' is not a valid guid"),
     ([("space_guids", "x" * 300)], "is not a valid guid"),
+    ([("from", "1" * 5000)], "from: a 5000-digit number is above the maximum"),
+    ([("limit", "0" * 5000 + "9" * 20)], "limit: a 5020-digit number is above the maximum"),
+    ([("wait", "9" * 5000)], "wait: must be between 0 and 60 seconds"),
 ])
 def test_bad_get_parameters_are_named(params: list[tuple[str, str]], message: str) -> None:
     with pytest.raises(QueryError, match=message):
@@ -44,7 +47,13 @@ def test_post_body_takes_long_space_lists() -> None:
     (b'{"space_guids": [1]}', "space_guids: must be strings"),
     (b'{"spaces": []}', "body: unknown key"),
     (b'{"from": true}', "from: must be a non-negative integer"),
+    (b'{"from": ' + b"1" * 5000 + b"}", "from: a 5000-digit number is outside 0..9223372036854775807"),
+    (b'{"limit": -' + b"1" * 5000 + b"}", "limit: a 5000-digit number is outside 0..1000000"),
+    (b'{"wait": ' + b"9" * 5000 + b"}", "wait: a 5000-digit number is not between 0 and 60"),
+    (b'{"space_guids": [' + b"1" * 5000 + b"]}", "space_guids: must be strings, not number"),
+    (b"[" * 100_000, "body: JSON nested too deeply"),
 ])
 def test_bad_post_bodies_are_named(body: bytes, message: str) -> None:
+    """Including numbers too long to convert and nesting beyond the decoder: 400, never 500."""
     with pytest.raises(QueryError, match=message):
         parse_post(body, [])

@@ -14,7 +14,7 @@ from dynamic_asgs.errors import ConfigError
 from dynamic_asgs.local.pki import make_pki
 from dynamic_asgs.policy.db import DatabaseSettings, create_engine
 from dynamic_asgs.policy.migrate import current_revision, head_revision
-from dynamic_asgs.policy.settings import load_settings
+from dynamic_asgs.policy.settings import RequestLimits, load_settings
 
 GO_CONFIG = {  # as cf-networking-release's policy-server-internal.json.erb renders it
     "listen_host": "0.0.0.0", "log_prefix": "cfnetworking", "debug_server_host": "127.0.0.1",
@@ -47,7 +47,17 @@ def test_the_go_jobs_config_loads(tmp_path: Path) -> None:
     assert settings.check_interval == 0.5 and settings.pool_size == 2
 
 
+def test_request_limits_default_to_the_documented_bounds_and_can_be_set(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, GO_CONFIG)).limits == RequestLimits()
+    custom = {"max_request_head_bytes": 8192, "max_request_headers": 32, "request_head_timeout_seconds": 2.5,
+              "request_body_timeout_seconds": 7, "max_blocking_queries": 50, "max_blocking_queries_per_client": 2}
+    assert load_settings(write(tmp_path, {**GO_CONFIG, **custom})).limits == RequestLimits(
+        max_head_bytes=8192, max_headers=32, head_timeout=2.5, body_timeout=7.0, max_blocking_queries=50,
+        max_blocking_queries_per_client=2)
+
+
 @pytest.mark.parametrize(("change", "message"), [
+    ({"max_request_head_bytes": 100}, "$.max_request_head_bytes: 100 is less than the minimum of 4096"),
     ({"internal_listen_port": 70000}, "$.internal_listen_port: 70000 is greater than the maximum of 65535"),
     ({"workers": 0}, "$.workers: 0 is less than the minimum of 1"),
     ({"listen_port": 8080}, "$: unknown key(s) 'listen_port'"),

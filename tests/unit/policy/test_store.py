@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 import sqlalchemy as sa
@@ -96,30 +95,6 @@ def test_a_failed_transaction_leaves_the_data_as_it_was(engine: Engine) -> None:
         store.replace([row("c")], cc_last_update="t2", fence=refuse)
     assert [g.row.guid for g in store.snapshot().groups] == ["a", "b"]
     assert store.state().cc_last_update == "t1" and store.state().version == 1
-
-
-def test_concurrent_migrations_both_succeed(db_settings: DatabaseSettings) -> None:
-    engines = [create_engine(db_settings) for _ in range(2)]
-    errors: list[BaseException] = []
-
-    def migrate(engine: Engine) -> None:
-        try:
-            upgrade(engine)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=migrate, args=(e,)) for e in engines]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    try:
-        assert errors == []
-        assert current_revision(engines[0]) == head_revision()
-        assert PolicyStore(engines[1]).state().version == 0
-    finally:
-        for e in engines:
-            e.dispose()
 
 
 @pytest.mark.parametrize("kind", ["postgres", "mysql"])

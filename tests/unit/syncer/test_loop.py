@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from dynamic_asgs.errors import DatabaseError, LeaseLost, UnstableListing
+from dynamic_asgs.errors import DatabaseError, LeaseLost, Refusal, RefusedAnswer, UnstableListing
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.policy.db import DatabaseSettings, create_engine
 from dynamic_asgs.policy.lease import Lease
@@ -91,6 +91,24 @@ def test_failures_past_the_deadline_are_reported_and_retrying_continues(engine: 
     failed = [e for e in events(log) if e["message"] == "s.sync-failed"]
     assert failed and failed[0]["level"] == "error" and failed[0]["data"]["error"] == "RuntimeError: bug"
     assert value(metrics, "security_groups_sync_failures_total", kind="internal") == 3
+
+
+def test_a_refused_answer_is_logged_with_its_bound_and_counted(engine: Engine) -> None:
+    syncer = ScriptedSyncer([
+        RefusedAnswer("cloud controller: GET /v3/security_groups: HTTP 302 redirect to http://evil/x refused",
+                      reason=Refusal.REDIRECT, url="https://cc:9024/v3/security_groups?per_page=5000&page=1"),
+        RefusedAnswer("too many", reason=Refusal.PAGES, url="https://cc:9024/v3/security_groups", limit=20),
+    ])
+    log, metrics = run_loop(syncer, engine, deadline=60, until=lambda m: syncer.polls >= 3)
+    refused = [e for e in events(log) if e["message"] == "s.cc-answer-refused"]
+    assert [(e["level"], e["data"]["reason"], e["data"]["bound"], e["data"]["limit"]) for e in refused] == [
+        ("error", "redirect", "no redirects are followed", None), ("error", "pages", "cc_max_pages", 20)]
+    assert refused[0]["data"]["url"] == "https://cc:9024/v3/security_groups?per_page=5000&page=1"
+    assert "redirect to http://evil/x refused" in refused[0]["data"]["error"]
+    assert value(metrics, "security_groups_sync_refusals_total", reason="redirect") == 1
+    assert value(metrics, "security_groups_sync_refusals_total", reason="pages") == 1
+    assert value(metrics, "security_groups_sync_failures_total", kind="refused") == 2
+    assert metrics.registry.get_sample_value("security_groups_sync_refusals_total", {"reason": "deadline"}) == 0
 
 
 def test_a_lost_lease_stops_polling_until_it_is_regained(engine: Engine) -> None:

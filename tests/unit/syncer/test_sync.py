@@ -16,9 +16,12 @@ from dynamic_asgs.policy.db import DatabaseSettings, create_engine
 from dynamic_asgs.policy.lease import Lease
 from dynamic_asgs.policy.migrate import upgrade
 from dynamic_asgs.policy.store import PolicyStore
+from dynamic_asgs.syncer.main import build_cc
 from dynamic_asgs.syncer.metrics import SyncerMetrics
+from dynamic_asgs.syncer.settings import load_settings
 from dynamic_asgs.syncer.sync import Syncer
 from support.daemons import InProcessStub, cc_client, example_groups, inprocess_stub
+from support.hostile_cc import HostileCC, cc_resource
 
 
 @pytest.fixture
@@ -102,3 +105,31 @@ def test_without_the_lease_nothing_is_written(parts: tuple[InProcessStub, Policy
     with pytest.raises(LeaseLost):
         syncer.poll()
     assert store.snapshot().groups == [] and store.state().cc_last_update is None
+
+
+def test_a_group_that_cannot_be_stored_is_dropped_and_reported(tmp_path: Path) -> None:
+    engine = create_engine(DatabaseSettings(type="sqlite", database_name=str(tmp_path / "p.db")))
+    upgrade(engine)
+    store, log, metrics = PolicyStore(engine), io.StringIO(), SyncerMetrics()
+    good = [cc_resource(f"g{i}") for i in range(3)]
+    cc = HostileCC(tmp_path / "pki", [good[0], cc_resource("bad-1", name="\ud800"), good[1],
+                                      cc_resource("bad-2", running_spaces=("s,1",)), good[2]])
+    try:
+        config = tmp_path / "syncer.json"
+        config.write_text(json.dumps(cc.syncer_config({"type": "sqlite", "database_name": "unused"})))
+        syncer = Syncer(cc=build_cc(load_settings(config), metrics), store=store, fence=None,
+                        logger=Logger("s", stream=log), metrics=metrics)
+        assert syncer.poll().outcome == "changed"
+        assert [g.row.guid for g in store.snapshot().groups] == ["g0", "g1", "g2"]
+        assert metrics.registry.get_sample_value("security_groups_dropped") == 2
+        lines = [json.loads(line) for line in log.getvalue().splitlines()]
+        dropped = [line for line in lines if line["message"] == "s.security-groups-dropped"]
+        assert dropped[0]["level"] == "error" and dropped[0]["data"]["count"] == 2
+        assert "resources[1]: security group 'bad-1': name: not encodable as UTF-8" in dropped[0]["data"]["examples"][0]
+        assert lines[-1]["data"]["dropped_groups"] == 2
+        cc.publish(good)
+        assert syncer.poll().outcome == "no_changes"
+        assert metrics.registry.get_sample_value("security_groups_dropped") == 0
+    finally:
+        cc.close()
+        engine.dispose()

@@ -40,11 +40,17 @@ def test_the_go_jobs_config_loads(tmp_path: Path) -> None:
     assert settings.holder == GO_CONFIG["uuid"]
     assert (settings.poll_interval, settings.retry_deadline, settings.lease_ttl) == (60, 300, 15)
     assert settings.database.type == "mysql" and settings.database.timeout == 120
+    assert (settings.max_pages, settings.max_response_bytes, settings.listing_deadline) == (20, 64 * 2**20, 300)
 
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"asg_poll_interval_seconds": 0}, "$.asg_poll_interval_seconds: 0 is less than the minimum of 1"),
     ({"cc_url": "cloud-controller"}, "$.cc_url: 'cloud-controller' does not match"),
+    ({"cc_url": "http://cloud-controller-ng.service.cf.internal:9022"}, "$.cc_url: 'http://cloud-controller-ng"),
+    ({"uaa_url": "https://admin:pw@uaa.service.cf.internal"}, "$.uaa_url: 'https://admin:pw@uaa"),
+    ({"cc_max_pages": 0}, "$.cc_max_pages: 0 is less than the minimum of 1"),
+    ({"cc_max_response_bytes": 1000}, "$.cc_max_response_bytes: 1000 is less than the minimum of 65536"),
+    ({"cc_listing_deadline_seconds": 0}, "$.cc_listing_deadline_seconds: 0 is less than or equal to the minimum"),
     ({"poll_intervall": 5}, "$: unknown key(s) 'poll_intervall'"),
     ({"database": {"type": "oracle", "database_name": "x"}}, "$.database.type: 'oracle' is not one of"),
     ({"database": {"type": "postgres", "database_name": "x"}}, "$.database.host: is required for type 'postgres'"),
