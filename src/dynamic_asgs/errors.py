@@ -7,15 +7,19 @@ Subprocess, HTTP and database errors are turned into these at one boundary each
     DynamicASGsError
     ├── ConfigError          bad configuration file or flags (daemons exit 2)
     ├── InputError           bad input file given to a tool (exit 2)
-    ├── ValidationError      a security group fails validation
-    │   └── RuleError        one rule: names the group, the rule index, the field, the reason
+    ├── ValidationError      a security group, a store entry or another outside value fails validation
+    │   ├── RuleError        one rule: names the group, the rule index, the field, the reason
+    │   ├── UnsafeToken      the renderer refused a token, chain name or line that could leave its place
+    │   └── ChainNameCollision  two containers' chain names are the same (names both handles)
     ├── RenderRefused        the renderer refused a token of one container's chains (names the container)
     ├── StoreError           the container metadata store is missing, torn or corrupt
+    ├── UnsafeFile           a file opened by path is a symbolic link (or not a regular file): refused
     ├── IptablesError        iptables-save / iptables-restore failed
     │   ├── LockTimeout      the iptables lock was not acquired within the bound
     │   └── RestoreError     a restore payload was refused (carries the failing line)
     ├── UpstreamError        Cloud Controller, UAA or the policy server answered badly
     │   ├── RefusedRequest   the peer refused the request itself (HTTP 4xx): repeating it will not help
+    │   ├── RefusedAnswer    we refused the peer's answer: it broke a bound (see :class:`Refusal`)
     │   └── UnstableListing  the ASG listing changed while it was being paged
     ├── DatabaseError        the policy DB failed
     └── LeaseLost            this syncer no longer holds the active lease
@@ -23,7 +27,10 @@ Subprocess, HTTP and database errors are turned into these at one boundary each
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 __all__ = [
+    "ChainNameCollision",
     "ConfigError",
     "DatabaseError",
     "DynamicASGsError",
@@ -31,11 +38,15 @@ __all__ = [
     "IptablesError",
     "LeaseLost",
     "LockTimeout",
+    "Refusal",
+    "RefusedAnswer",
     "RefusedRequest",
     "RenderRefused",
     "RestoreError",
     "RuleError",
     "StoreError",
+    "UnsafeFile",
+    "UnsafeToken",
     "UnstableListing",
     "UpstreamError",
     "ValidationError",
@@ -55,7 +66,7 @@ class InputError(DynamicASGsError):
 
 
 class ValidationError(DynamicASGsError):
-    """A security group (or something in it) fails validation."""
+    """A security group (or something in it), a store entry or another value from outside fails validation."""
 
 
 class RuleError(ValidationError):
@@ -73,6 +84,30 @@ class RuleError(ValidationError):
         super().__init__(f"security group {group}: rules[{index}]: {field}: {reason}")
 
 
+class UnsafeToken(ValidationError):
+    """The renderer refused ``token`` (an argument, chain name or whole line) for ``reason``.
+
+    Restore text is line- and space-separated: a token that could end its line, split
+    into two arguments or escape its quotes never reaches ``iptables-restore``.
+    """
+
+    def __init__(self, token: str, reason: str) -> None:
+        self.token = token
+        self.reason = reason
+        shown = repr(token[:80]) + ("..." if len(token) > 80 else "")
+        super().__init__(f"refused token {shown}: {reason}")
+
+
+class ChainNameCollision(ValidationError):
+    """Container ``handle``'s chain names are those of container ``other`` (names keep a handle's first characters)."""
+
+    def __init__(self, handle: str, other: str) -> None:
+        self.handle = handle
+        self.other = other
+        super().__init__(f"container {handle}: its chain names are those of container {other} "
+                         "(chain names keep only a handle's first characters): refused, the other is left as it is")
+
+
 class RenderRefused(DynamicASGsError):
     """The renderer refused a token of one container's chains; ``handle`` names the container."""
 
@@ -84,6 +119,10 @@ class RenderRefused(DynamicASGsError):
 
 class StoreError(DynamicASGsError):
     """The container metadata store cannot be read."""
+
+
+class UnsafeFile(DynamicASGsError):
+    """A file opened by path is a symbolic link (or not a regular file): refused, its target left untouched."""
 
 
 class IptablesError(DynamicASGsError):
@@ -116,6 +155,29 @@ class RefusedRequest(UpstreamError):
 
     def __init__(self, message: str, *, status: int) -> None:
         self.status = status
+        super().__init__(message)
+
+
+class Refusal(StrEnum):
+    """The bound a peer's answer broke (the ``reason`` label of the syncer's refusal metric)."""
+
+    REDIRECT = "redirect"  # a 3xx: no redirect is followed
+    RESPONSE_SIZE = "response_size"  # more bytes than a response may have
+    PAGES = "pages"  # a listing announcing more pages than allowed
+    PAGING = "paging"  # pages that contradict each other (next chain, totals, repeated groups)
+    DEADLINE = "deadline"  # not answered completely in time
+
+
+class RefusedAnswer(UpstreamError):
+    """We refused what a peer answered; ``reason`` names the bound, ``url`` what was asked (no secrets).
+
+    ``limit`` is the bound's value where it has one (bytes, pages, seconds).
+    """
+
+    def __init__(self, message: str, *, reason: Refusal, url: str, limit: float | None = None) -> None:
+        self.reason = reason
+        self.url = url
+        self.limit = limit
         super().__init__(message)
 
 

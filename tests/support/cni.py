@@ -12,15 +12,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support.cell import UNDERLAY, Cell, CellContainer, _namespace
+from dynamic_asgs.agent.endpoints import force_server
+from dynamic_asgs.lager import Logger
+from support.cell import UNDERLAY, Cell, CellContainer, _namespace, cell
 from support.env import require, require_root_netns, require_tools
 
 CNI_DIR = Path("/usr/lib/cni")
@@ -155,3 +160,24 @@ def plugin() -> str:
     path = plugin_path()
     assert path is not None
     return path
+
+
+@contextmanager
+def static_rules_cell(backend: str, tmp_path: Path, destinations: Sequence[str],
+                      **settings: Any) -> Iterator[CniCell]:
+    """A cell whose CNI writes Garden's static rules itself: its agent answers 405 (ASG syncing off).
+
+    ``destinations`` listen on TCP 80 on the underlay; ``settings`` are added to the CNI's config.
+    """
+    from support.stack import cell_tools  # support.stack starts daemons; imported only when used
+
+    require_cni()
+    server = force_server(host="127.0.0.1", port=0, enabled=False, sync_container=lambda h: None,
+                          cleanup_container=lambda h: None, logger=Logger("stand-in", stream=io.StringIO())).start()
+    try:
+        with cell(backend, tmp_path) as c:
+            c.add_destination("d", list(destinations), tcp=[80])
+            yield CniCell(c, tmp_path / "cni", f"127.0.0.1:{server.port}",
+                          {**cell_tools(c, tmp_path / "tools"), **settings})
+    finally:
+        server.stop()

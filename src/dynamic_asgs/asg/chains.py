@@ -3,6 +3,11 @@
 Names and argv tokens match silk-cni and the Go vxlan-policy-agent exactly
 (DESIGN.md §3.5), so that tables written by either look the same to operators
 and to tools that grep them. iptables limits chain names to 28 characters.
+
+Names keep only a handle's first characters, so two handles can share one: the
+one definition of "a container's chain names" (:func:`chain_names`) and of "two
+containers collide" (:func:`collide`) is here, for the CNI (which refuses an ADD
+that would share) and the agent (which refuses to write a container that would).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ __all__ = [
     "Argv",
     "accept",
     "asg_chain_name",
+    "chain_names",
+    "collide",
     "conn_limit",
     "deny_log",
     "deny_network",
@@ -59,6 +66,22 @@ def rate_limit_log_chain_name(handle: str) -> str:
 def asg_chain_name(handle: str) -> str:
     """``asg-`` + the handle without a leading ``check-`` and without dashes, cut to 20."""
     return "asg-" + handle.removeprefix("check-").replace("-", "")[:20]
+
+
+def chain_names(handle: str, *, rate_limit_log: bool = True) -> tuple[str, ...]:
+    """Every chain a container's chains may use, referrers first: netout, ASG, log, rate-limit log.
+
+    The rate-limit log chain keeps only a handle's first 12 characters; it exists only
+    when outbound connection limits are logged, so ``rate_limit_log=False`` leaves it out.
+    """
+    names = (netout_chain_name(handle), asg_chain_name(handle), log_chain_name(handle))
+    return (*names, rate_limit_log_chain_name(handle)) if rate_limit_log else names
+
+
+def collide(handle: str, other: str, *, rate_limit_log: bool = True) -> bool:
+    """Whether two different containers would share a chain name (of any kind they use)."""
+    return handle != other and not set(chain_names(handle, rate_limit_log=rate_limit_log)).isdisjoint(
+        chain_names(other, rate_limit_log=rate_limit_log))
 
 
 def is_owned_chain(name: str) -> bool:

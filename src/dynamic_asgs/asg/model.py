@@ -129,7 +129,11 @@ class SecurityGroup:
 
 @dataclass(frozen=True, slots=True)
 class Container:
-    """One entry of the container metadata store (see DESIGN.md §3.4)."""
+    """One entry of the container metadata store (see DESIGN.md §3.4).
+
+    Values from outside reach one only through :func:`.parse.parse_container`, which
+    checks each against its grammar (:mod:`.grammar`).
+    """
 
     handle: str
     ip: str

@@ -6,15 +6,20 @@ whitespace around port numbers. An invalid rule never makes a whole group or a
 whole container fail: it is dropped (fail closed for that rule only) and returned
 in :attr:`SecurityGroup.invalid_rules`, so the caller can log it and count it.
 The Go agent instead keeps a container's whole old ruleset when one rule is bad.
+
+A container store entry is all or nothing: every value must match its grammar
+(:mod:`.grammar`, issue 13), or the entry is refused whole, never half-used.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from typing import Any, TypeVar
 
+from dynamic_asgs.asg import grammar
 from dynamic_asgs.asg.model import ANY, Container, IPRange, PortRange, Protocol, Rule, SecurityGroup, Workload
 from dynamic_asgs.errors import RuleError, ValidationError
 
@@ -35,6 +40,7 @@ MAX_DESTINATIONS = 6000
 _PORT_PROTOCOLS = (Protocol.TCP, Protocol.UDP)
 _ICMP_PROTOCOLS = (Protocol.ICMP, Protocol.ICMPV6)
 _WHITESPACE = frozenset(" \t\r\n\v\f")
+_T = TypeVar("_T")
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -337,67 +343,47 @@ def parse_groups_document(doc: Any) -> list[SecurityGroup]:
 
 
 def parse_container(raw: Any, *, handle: str | None = None) -> Container:
-    """Parse one container metadata store entry (DESIGN.md §3.4)."""
+    """Parse one container metadata store entry (DESIGN.md §3.4), stored under key ``handle``.
+
+    Every value must match its grammar (:mod:`.grammar`) and the entry's ``handle`` its
+    key; otherwise :class:`ValidationError` names the entry, the field and the reason,
+    and nothing of the entry is used.
+    """
+    where = f"container {grammar.shown(handle)}" if handle is not None else "container"
     if not isinstance(raw, Mapping):
-        raise ValidationError(f"container {handle!r}: must be an object, not {type(raw).__name__}")
-    entry_handle = raw.get("handle", handle)
-    where = f"container {entry_handle!r}"
-    if not isinstance(entry_handle, str) or not entry_handle:
-        raise ValidationError(f"{where}: handle: must be a non-empty string")
-    ip, ipv6 = (_ip_field(raw, key, where) for key in ("ip", "ipv6"))
+        raise ValidationError(f"{where}: must be an object, not {grammar.shown(raw)}")
+    entry_handle = raw.get("handle")
+    if handle is not None and entry_handle != handle:
+        raise ValidationError(f"{where}: handle: {grammar.shown(entry_handle)} differs from the entry's key")
+    where = f"container {grammar.shown(entry_handle)}"
     metadata = raw.get("metadata")
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, Mapping):
-        raise ValidationError(f"{where}: metadata: must be an object")
+        raise ValidationError(f"{where}: metadata: must be an object, not {grammar.shown(metadata)}")
 
-    def meta(key: str) -> str:
-        value = metadata.get(key, "")
-        if value is None:
-            return ""
-        if not isinstance(value, str):
-            raise ValidationError(f"{where}: metadata.{key}: must be a string")
-        return value
-
-    workload = meta("container_workload")
-    app_guid, source, index = meta("policy_group_id"), "", ""
-    tags: tuple[tuple[str, str], ...] = ()
-    log_config = metadata.get("log_config")
-    if isinstance(log_config, str) and log_config:
+    def check(field: str, value: Any, parse: Callable[[Any], _T]) -> _T:
         try:
-            parsed = json.loads(log_config)
-        except json.JSONDecodeError:
-            parsed = None
-        if isinstance(parsed, Mapping):
-            app_guid = str(parsed.get("guid") or app_guid)
-            source = str(parsed.get("source_name") or "")
-            index = str(parsed.get("index", ""))
-            raw_tags = parsed.get("tags") or {}
-            if isinstance(raw_tags, Mapping):
-                tags = tuple(sorted((str(k), str(v)) for k, v in raw_tags.items()))
+            return parse(value)
+        except ValueError as exc:
+            raise ValidationError(f"{where}: {field}: {exc}") from None
+
+    entry_handle = check("handle", entry_handle, grammar.handle)
+    meta = metadata.get
+    app_guid = check("metadata.policy_group_id", meta("policy_group_id"), grammar.guid)
+    workload = check("metadata.container_workload", meta("container_workload"), grammar.workload)
+    log = check("metadata.log_config", meta("log_config"), grammar.log_config)
     return Container(
         handle=entry_handle,
-        ip=ip,
-        policy_group_id=meta("policy_group_id"),
-        space_id=meta("space_id"),
+        ip=check("ip", raw.get("ip"), grammar.ip),
+        policy_group_id=app_guid,
+        space_id=check("metadata.space_id", meta("space_id"), grammar.guid),
         workload=Workload.of(workload),
         raw_workload=workload,
-        app_guid=app_guid,
-        log_source=source,
-        log_index=index,
-        log_tags=tags,
-        ports=meta("ports"),
-        ipv6=ipv6,
+        app_guid=log.guid or app_guid,
+        log_source=log.source_name,
+        log_index=log.index,
+        log_tags=log.tags,
+        ports=check("metadata.ports", meta("ports"), grammar.ports),
+        ipv6=check("ipv6", raw.get("ipv6"), partial(grammar.ip, version=6)),
     )
-
-
-def _ip_field(raw: Mapping[str, Any], key: str, where: str) -> str:
-    value = raw.get(key) or ""
-    if not isinstance(value, str):
-        raise ValidationError(f"{where}: {key}: must be a string")
-    if value:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            raise ValidationError(f"{where}: {key}: {value!r} is not an IP address") from None
-    return value

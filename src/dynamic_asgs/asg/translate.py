@@ -99,6 +99,11 @@ class FamilyChains:
     accept_count: int = 0
 
     @property
+    def chain_names(self) -> frozenset[str]:
+        """The chains this family's plan writes or fills: ASG chain, parent, helpers."""
+        return frozenset((self.asg.name, self.parent.name, *(h.name for h in self.helpers)))
+
+    @property
     def chains(self) -> tuple[Chain, ...]:
         return (self.asg, *self.helpers, self.parent)
 
@@ -114,6 +119,11 @@ class ContainerChains:
     @property
     def families(self) -> tuple[FamilyChains, ...]:
         return (self.v4,) if self.v6 is None else (self.v4, self.v6)
+
+    @property
+    def chain_names(self) -> frozenset[str]:
+        """The chains the plan writes or fills, in any family: ASG chain, parent, helpers."""
+        return frozenset(n for f in self.families for n in f.chain_names)
 
     @property
     def rule_count(self) -> int:

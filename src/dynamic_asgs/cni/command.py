@@ -60,7 +60,7 @@ def _dispatch(environ: Mapping[str, str], stdin: bytes, build: PluginFactory, lo
     if invocation.command == "ADD":
         return plugin.add(handle, raw)
     if invocation.command == "DEL":
-        plugin.delete(handle)
+        plugin.delete(handle, raw)
     else:
         plugin.check(handle, raw)
     return None

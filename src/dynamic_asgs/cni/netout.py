@@ -8,22 +8,36 @@ lines to :class:`~dynamic_asgs.iptables.runner.IptablesRunner`, one restore per 
   its log chain when ASG logging is on, and ``FORWARD -s <ip> -o <underlay> -j netout--<h>``
   inserted first for every underlay interface, as silk does;
 * teardown: built from what the table holds (``iptables-save``), so it is idempotent and
-  never refers to a missing chain or rule: every hook to the netout chain is deleted
-  (its saved line with ``-A`` turned into ``-D``), then the container's chains that
-  exist (netout, log chains, a left-over ASG chain) are flushed and deleted.
+  never refers to a missing chain or rule: the hooks to the netout chain are deleted
+  (their saved lines with ``-A`` turned into ``-D``), then the container's chains that
+  exist (netout, log chains, a left-over ASG chain) are flushed and deleted. Chain names
+  keep only a handle's first characters (:func:`~dynamic_asgs.asg.chains.collide`): the
+  chains another live container shares are left alone, and so are its hooks (only
+  hooks from the container's own addresses go when its netout chain stays).
+
+Every line is made by :mod:`dynamic_asgs.iptables.render`, which refuses any token that
+could leave its place (issue 13).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from dynamic_asgs.asg import chains
 from dynamic_asgs.asg.chains import Argv
 from dynamic_asgs.asg.translate import ChainSettings, FamilyChains
-from dynamic_asgs.iptables.render import declare, family_lines, quote, rule_line
+from dynamic_asgs.iptables.render import (
+    declare,
+    delete_chain,
+    delete_saved_rule,
+    family_lines,
+    flush,
+    insert_line,
+    rule_line,
+)
 from dynamic_asgs.iptables.saved import SavedTable
 
-__all__ = ["container_chains", "hook_argv", "missing", "setup_lines", "static_lines", "teardown_lines", "transaction"]
+__all__ = ["hook_argv", "hook_source", "missing", "setup_lines", "static_lines", "teardown_lines", "transaction"]
 
 
 def transaction(lines: Sequence[str]) -> list[str]:
@@ -31,9 +45,14 @@ def transaction(lines: Sequence[str]) -> list[str]:
     return ["*filter", *lines, "COMMIT"]
 
 
+def hook_source(ip: str, version: int) -> str:
+    """The ``-s`` of a hook from ``ip``, as ``iptables-save`` prints it (``<ip>/32``, ``<ip>/128``)."""
+    return f"{ip}/{32 if version == 4 else 128}"
+
+
 def hook_argv(handle: str, ip: str, interface: str, version: int) -> Argv:
     """``-s <ip>/32 -o <interface> -j netout--<h>`` (the form ``iptables-save`` prints back)."""
-    return ("-s", f"{ip}/{32 if version == 4 else 128}", "-o", interface, "-j", chains.netout_chain_name(handle))
+    return ("-s", hook_source(ip, version), "-o", interface, "-j", chains.netout_chain_name(handle))
 
 
 def setup_lines(handle: str, ip: str, interfaces: Sequence[str], version: int, settings: ChainSettings) -> list[str]:
@@ -46,8 +65,7 @@ def setup_lines(handle: str, ip: str, interfaces: Sequence[str], version: int, s
         lines.append(declare(log))
         body += [rule_line(log, argv) for argv in chains.log_chain_rules(handle, settings.accepted_udp_logs_per_sec)]
     if ip:
-        body += ["-I FORWARD 1 " + " ".join(quote(a) for a in hook_argv(handle, ip, iface, version))
-                 for iface in interfaces]
+        body += [insert_line("FORWARD", hook_argv(handle, ip, iface, version)) for iface in interfaces]
     return lines + body
 
 
@@ -56,17 +74,21 @@ def static_lines(family: FamilyChains) -> list[str]:
     return family_lines(family)
 
 
-def container_chains(handle: str) -> tuple[str, ...]:
-    """Every chain the CNI or the agent may hold for ``handle``, referrers first."""
-    return (chains.netout_chain_name(handle), chains.asg_chain_name(handle), chains.log_chain_name(handle),
-            chains.rate_limit_log_chain_name(handle))
+def teardown_lines(handle: str, table: SavedTable, *, shared: Collection[str] = (),
+                   sources: Collection[str] = ()) -> list[str]:
+    """Delete the container's hooks and chains that ``table`` holds; empty when none is left.
 
-
-def teardown_lines(handle: str, table: SavedTable) -> list[str]:
-    """Delete the hooks and the container's chains that ``table`` holds; empty when none is left."""
-    present = [c for c in container_chains(handle) if c in table.chains]
-    hooks = [f"-D {line[3:]}" for line in table.hooks.get(chains.netout_chain_name(handle), [])]
-    return hooks + [f"-F {c}" for c in present] + [f"-X {c}" for c in present]
+    Chains named in ``shared`` belong to another live container too and stay; when the
+    netout chain is one of them, only the hooks from ``sources`` (the container's own
+    ``-s`` values, :func:`hook_source`) are deleted.
+    """
+    netout = chains.netout_chain_name(handle)
+    hooks = table.hooks.get(netout, [])
+    if netout in shared:
+        hooks = [h for h in hooks if any(f" -s {s} " in h for s in sources)]
+    present = [c for c in chains.chain_names(handle) if c in table.chains and c not in shared]
+    return ([delete_saved_rule(h) for h in hooks] + [flush(c) for c in present]
+            + [delete_chain(c) for c in present])
 
 
 def missing(handle: str, ip: str, interfaces: Sequence[str], version: int, table: SavedTable,
@@ -78,7 +100,7 @@ def missing(handle: str, ip: str, interfaces: Sequence[str], version: int, table
     if ip:
         hooks = table.hooks.get(netout, [])
         for iface in interfaces:
-            src = hook_argv(handle, ip, iface, version)[1]
+            src = hook_source(ip, version)
             if not any(f" -s {src} " in f" {h} " and f" -o {iface} " in f" {h} " for h in hooks):
                 problems.append(f"IPv{version} FORWARD hook -s {src} -o {iface} -j {netout} does not exist")
     return problems

@@ -5,7 +5,9 @@ Goals and the mechanism serving each:
 * **Never a traceback for the runtime** — every problem becomes a :class:`CniError`
   carrying a spec error code; :meth:`CniError.document` is the error JSON the plugin
   prints on stdout (``cniVersion``, ``code``, ``msg``, ``details``).
-* **Garbage in, error out** — :func:`decode_config` accepts only a JSON object and
+* **Garbage in, error out** — :func:`read_invocation` accepts only a container id of the
+  spec's grammar (``[A-Za-z0-9][A-Za-z0-9_.-]*``, :mod:`dynamic_asgs.asg.grammar`) for
+  ADD, DEL and CHECK, before anything is touched; :func:`decode_config` accepts only a JSON object and
   :func:`request_version` only a version this plugin supports; :func:`container_addresses`
   reads the container's IPs from the main plugin's ``prevResult`` defensively.
 """
@@ -19,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dynamic_asgs.asg import grammar
 from dynamic_asgs.errors import DynamicASGsError
 
 __all__ = [
@@ -57,6 +60,7 @@ class Code(enum.IntEnum):
     IPTABLES_FAILED = 101
     STORE_FAILED = 102
     CHECK_FAILED = 103
+    CHAIN_NAME_COLLISION = 104
     INTERNAL = 199
 
 
@@ -103,6 +107,10 @@ def read_invocation(environ: Mapping[str, str]) -> Invocation:
     missing = [name for name, value in required.items() if not value]
     if missing:
         raise CniError(Code.INVALID_ENVIRONMENT, "required environment variables missing", ", ".join(missing))
+    try:
+        grammar.handle(inv.container_id)
+    except ValueError as exc:
+        raise CniError(Code.INVALID_ENVIRONMENT, "invalid CNI_CONTAINERID", str(exc)) from None
     return inv
 
 

@@ -16,6 +16,18 @@ Goals and the mechanism serving each:
   quoted and encoded once per cycle instead of once per container. The memo is
   keyed by object identity and keeps the tuples alive, so an id is never reused
   while the renderer lives; drop the renderer after the cycle.
+* **Nothing from outside leaves its token** (issue 13) — this is the one place
+  restore text is made, and every token passes a strict grammar before it is
+  written: an argument is printable ASCII from a fixed set (no whitespace, no
+  control character, no quote, backslash or ``#``), at most :data:`MAX_TOKEN`
+  characters; the one exception is a single trailing space (silk's log prefixes),
+  printed quoted. A chain name is at most 28 characters and starts with a letter or
+  digit (no ``-``, ``:``, ``*`` or ``!`` that the tool would read as an option, a
+  declaration or a table). A rule line stays under :data:`MAX_LINE` characters
+  (``iptables-restore`` reads 10 KiB lines and would parse the rest as a new line).
+  Anything else raises :class:`~dynamic_asgs.errors.UnsafeToken`. The check runs
+  when a token is first quoted, inside the per-token memo, so repeated tokens
+  cost nothing more.
 """
 
 from __future__ import annotations
@@ -24,45 +36,136 @@ import hashlib
 import re
 from collections.abc import Iterator
 
-from dynamic_asgs.asg.chains import Argv
+from dynamic_asgs.asg.chains import MAX_CHAIN_NAME, Argv
 from dynamic_asgs.asg.translate import FamilyChains
+from dynamic_asgs.errors import UnsafeToken
 
 __all__ = [
     "HASH_COMMENT_PREFIX",
     "HASH_RE",
+    "MAX_LINE",
+    "MAX_TOKEN",
     "Renderer",
     "chain_lines",
     "content_hash",
     "declare",
+    "delete_chain",
+    "delete_saved_rule",
     "family_lines",
+    "flush",
+    "insert_line",
     "quote",
+    "remark",
     "rule_line",
 ]
 
 HASH_COMMENT_PREFIX = "dasg:"
 #: Finds our hash comment in an ``iptables-save`` rule line.
 HASH_RE = re.compile(r'--comment "?' + re.escape(HASH_COMMENT_PREFIX) + r'([0-9a-f]{16})"?')
-_SAFE = re.compile(r"^[A-Za-z0-9_.:/,!+=@%-]+$")
+#: The longest argument written (``iptables-restore`` refuses 1024 and more).
+MAX_TOKEN = 256
+#: The longest line written (``iptables-restore`` reads 10240-byte lines and parses the rest as another line).
+MAX_LINE = 8192
+_CHARS = r"[A-Za-z0-9_.:/,!+=@%-]"
+_BARE = re.compile(_CHARS + "+")
+_PADDED = re.compile(_CHARS + "+ ")  # silk's log prefixes end in one space
+_CHAIN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MAX_CHAIN_NAME - 1}}}")
+_DIGEST = re.compile(r"[0-9a-f]{16}")
+_MAX_BODY = MAX_LINE - 128  # room for "-A <chain>" and the hash comment
+_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def _why(token: str) -> str:
+    """The reason ``token`` is not a safe argument (it is not one)."""
+    if not token:
+        return "empty"
+    if len(token) > MAX_TOKEN:
+        return f"longer than {MAX_TOKEN} characters"
+    body = token[:-1] if len(token) > 1 and token.endswith(" ") else token  # one trailing space is allowed
+    char = next(c for c in body if not _BARE.fullmatch(c))
+    if char in _BREAKS:
+        return "contains a line break"
+    if char.isspace():
+        return "contains whitespace"
+    if not char.isascii():
+        return f"contains the non-ASCII character {char!r}"
+    if not char.isprintable():
+        return f"contains the control character {char!r}"
+    return f"contains {char!r}"
 
 
 def quote(arg: str) -> str:
-    """Quote one argument for an ``iptables-restore`` line when it needs it."""
-    if _SAFE.match(arg):
-        return arg
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """One argument as written in a restore line; :class:`UnsafeToken` unless it is safe."""
+    if len(arg) <= MAX_TOKEN:
+        if _BARE.fullmatch(arg):
+            return arg
+        if _PADDED.fullmatch(arg):
+            return f'"{arg}"'
+    raise UnsafeToken(arg, _why(arg))
+
+
+def _chain(name: str) -> str:
+    if _CHAIN.fullmatch(name):
+        return name
+    if not name or len(name) > MAX_CHAIN_NAME:
+        raise UnsafeToken(name, f"a chain name has 1 to {MAX_CHAIN_NAME} characters")
+    if not _CHAIN.fullmatch(name[0]):
+        raise UnsafeToken(name, "a chain name starts with a letter or a digit")
+    raise UnsafeToken(name, "a chain name holds only letters, digits, '_', '.' and '-'")
+
+
+def _line(text: str) -> str:
+    if len(text) > MAX_LINE:
+        raise UnsafeToken(text, f"a line longer than {MAX_LINE} characters")
+    return text
 
 
 def rule_line(chain: str, argv: Argv, comment: str | None = None) -> str:
     """``-A <chain> [-m comment --comment <comment>] <argv>``."""
-    head = f"-A {chain}"
+    head = f"-A {_chain(chain)}"
     if comment is not None:
         head += f" -m comment --comment {quote(comment)}"
-    return head + " " + " ".join(quote(a) for a in argv)
+    return _line(head + " " + " ".join(quote(a) for a in argv))
+
+
+def insert_line(chain: str, argv: Argv, position: int = 1) -> str:
+    """``-I <chain> <position> <argv>``."""
+    return _line(f"-I {_chain(chain)} {int(position)} " + " ".join(quote(a) for a in argv))
 
 
 def declare(chain: str) -> str:
     """A chain declaration; in a ``--noflush`` restore it creates or flushes the chain."""
-    return f":{chain} - [0:0]"
+    return f":{_chain(chain)} - [0:0]"
+
+
+def flush(chain: str) -> str:
+    """``-F <chain>``: fails the restore when the chain is missing (never creates it)."""
+    return f"-F {_chain(chain)}"
+
+
+def delete_chain(chain: str) -> str:
+    """``-X <chain>`` (legal once the chain is empty and nothing refers to it)."""
+    return f"-X {_chain(chain)}"
+
+
+def delete_saved_rule(saved: str) -> str:
+    """The deletion of a rule as ``iptables-save`` printed it (``-A <chain> ...`` -> ``-D <chain> ...``).
+
+    The saved text is the kernel's own and is written back as it is, provided it is one
+    ``-A`` line of printable ASCII.
+    """
+    if not (saved.startswith("-A ") and saved.isascii() and saved.isprintable()):
+        raise UnsafeToken(saved, "not one saved -A rule line")
+    chain, _, _ = saved[3:].partition(" ")
+    _chain(chain)
+    return _line(f"-D {saved[3:]}")
+
+
+def remark(text: str) -> str:
+    """A ``#`` comment line (restore and save text ignore it); refused if it holds a line break or control character."""
+    if not text.isprintable():
+        raise UnsafeToken(text, "a comment line holds no line break or control character")
+    return _line(f"# {text}")
 
 
 class Renderer:
@@ -91,7 +194,10 @@ class Renderer:
                 if text is None:
                     text = quoted[arg] = quote(arg)
                 parts.append(text)
-            entry = (argv, " ".join(parts))
+            text = " ".join(parts)
+            if len(text) > _MAX_BODY:
+                raise UnsafeToken(text, f"a rule longer than {_MAX_BODY} characters")
+            entry = (argv, text)
             self._bodies[id(argv)] = entry
         return entry[1]
 
@@ -106,11 +212,13 @@ class Renderer:
 
     def rules(self, family: FamilyChains, digest: str) -> Iterator[str]:
         """Every ``-A`` line of ``family`` (ASG, helpers, then parent), hash comments included."""
+        if not _DIGEST.fullmatch(digest):
+            raise UnsafeToken(digest, "a content hash is 16 hex digits")
         tag = f" -m comment --comment {HASH_COMMENT_PREFIX}{digest} "
         tagged = (family.asg.name, family.parent.name)
         bodies, body = self._bodies, self.body
         for chain in family.chains:
-            head = f"-A {chain.name} "
+            head = f"-A {_chain(chain.name)} "
             rules = iter(chain.rules)
             if chain.name in tagged:
                 for argv in rules:  # the first rule only

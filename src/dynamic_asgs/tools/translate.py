@@ -4,6 +4,10 @@ Reads a security groups document (a CC ``/v3/security_groups`` listing or a poli
 server answer; JSON or YAML) and one container store entry, and prints the
 container's chains in ``iptables-save`` format, one ``*filter`` section per
 family that has rules: exactly what the agent writes, hash comments included.
+A store entry whose values do not match their grammar (:mod:`dynamic_asgs.asg.grammar`)
+is refused with exit 2, and every line, comments too, comes from the renderer, which
+refuses any token that could leave its line (issue 13: a newline in a workload once
+printed a second table section).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dynamic_asgs.asg.model import SecurityGroup
 from dynamic_asgs.asg.parse import parse_container, parse_groups_document
 from dynamic_asgs.asg.translate import ChainSettings, ConnLimit, ContainerChains, DenyNetworks, plan_container
 from dynamic_asgs.errors import InputError, ValidationError
-from dynamic_asgs.iptables.render import content_hash, family_lines
+from dynamic_asgs.iptables.render import content_hash, family_lines, remark
 
 __all__ = ["add_arguments", "read_document", "render_save", "run", "settings_from_args"]
 
@@ -114,18 +118,18 @@ def render_save(plan: ContainerChains, groups: list[SecurityGroup], family: str 
     """The ``iptables-save``-format text for ``plan``."""
     c = plan.container
     out = [
-        f"# dynamic-asgs translate: container {c.handle} (app {c.app_guid or '-'}, "
-        f"space {c.space_id}, workload {c.raw_workload or '-'})",
-        f"# {plan.rule_count} accept rule(s) from {len(groups)} security group(s) in the input",
+        remark(f"dynamic-asgs translate: container {c.handle} (app {c.app_guid or '-'}, "
+               f"space {c.space_id}, workload {c.raw_workload or '-'})"),
+        remark(f"{plan.rule_count} accept rule(s) from {len(groups)} security group(s) in the input"),
     ]
     for fam in plan.families:
         if family and str(fam.version) != family:
             continue
         tool = "iptables-restore" if fam.version == 4 else "ip6tables-restore"
-        out += [f"# IPv{fam.version} (ruleset {content_hash(fam)}): load with {tool} --noflush",
+        out += [remark(f"IPv{fam.version} (ruleset {content_hash(fam)}): load with {tool} --noflush"),
                 "*filter", *family_lines(fam), "COMMIT"]
     if family == "6" and plan.v6 is None:
-        out.append("# no IPv6 rules for this container")
+        out.append(remark("no IPv6 rules for this container"))
     return "\n".join(out) + "\n"
 
 
@@ -150,7 +154,11 @@ def run(args: argparse.Namespace) -> int:
     if plan is None:
         reason = "has no policy_group_id (not an app container)" if not container.policy_group_id \
             else "has an empty space_id"
-        sys.stdout.write(f"# dynamic-asgs translate: container {container.handle} {reason}: no ASG chain\n")
+        sys.stdout.write(remark(f"dynamic-asgs translate: container {container.handle} {reason}: no ASG chain") + "\n")
         return 0
-    sys.stdout.write(render_save(plan, groups, args.family))
+    try:
+        text = render_save(plan, groups, args.family)
+    except ValidationError as exc:  # the renderer refused a token: nothing is printed
+        raise InputError(f"{args.container}: {exc}") from None
+    sys.stdout.write(text)
     return 0

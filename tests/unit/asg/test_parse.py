@@ -237,11 +237,12 @@ def test_container_entry() -> None:
     assert (c.app_guid, c.log_source, c.log_tags) == ("app-1", "CELL", (("app_name", "a"),))
 
 
-def test_container_with_unknown_workload_and_bad_log_config() -> None:
+def test_container_with_unknown_workload_gets_no_asg_and_a_bad_log_config_refuses_the_entry() -> None:
     c = parse_container({"handle": "h", "ip": "10.0.0.1",
-                         "metadata": {"policy_group_id": "a", "space_id": "s",
-                                      "container_workload": "sidecar", "log_config": "{oops"}})
+                         "metadata": {"policy_group_id": "a", "space_id": "s", "container_workload": "sidecar"}})
     assert c.workload is Workload.OTHER and c.raw_workload == "sidecar" and c.log_source == ""
+    with pytest.raises(ValidationError, match=r"container 'h': metadata.log_config: is not JSON"):
+        parse_container({"handle": "h", "ip": "10.0.0.1", "metadata": {"policy_group_id": "a", "log_config": "{oops"}})
 
 
 @pytest.mark.parametrize(

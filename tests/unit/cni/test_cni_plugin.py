@@ -202,3 +202,82 @@ def test_stdin_fuzz_answers_in_protocol_terms(tmp_path: Path, command: str, raw:
     else:
         assert status == 1 and set(document) == {"cniVersion", "code", "msg", "details"}
         assert isinstance(document["code"], int) and document["code"] != Code.INTERNAL, document
+
+
+# -- hostile input (issue 13) ---------------------------------------------------------------------
+
+BAD_IDS = ["x" * 20 + "\n-A FORWARD -j ACCEPT", "abc\r", "abc\x00", "abc\tx", 'abc"', "-abc", "abc def", "é",
+           "x" * 129, "abc#"]
+
+
+@pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK"])
+@pytest.mark.parametrize("bad", BAD_IDS)
+def test_a_container_id_outside_the_cni_spec_grammar_is_refused_and_nothing_touched(rig: Rig, command: str,
+                                                                                   bad: str) -> None:
+    assert rig.call("ADD", rig.config())[0] == 0
+    before = (rig.entries(), rig.runners[4].table.save_lines(), rig.runners[4].restores, list(rig.agent.calls))
+    status, error = rig.call(command, rig.config(), handle=bad)
+    assert status == 1 and error["code"] == Code.INVALID_ENVIRONMENT and error["msg"] == "invalid CNI_CONTAINERID"
+    assert "\n" not in error["details"]
+    assert (rig.entries(), rig.runners[4].table.save_lines(), rig.runners[4].restores, rig.agent.calls) == before
+
+
+@pytest.mark.parametrize(("field", "value"), [("space_id", "s\n-A FORWARD -j ACCEPT"), ("policy_group_id", "a b"),
+                                              ("container_workload", "app\n*nat"), ("ports", "80\r"),
+                                              ("log_config", '{"guid": "a\\u0000"}')])
+def test_metadata_outside_its_grammar_fails_add_before_anything_is_touched(rig: Rig, field: str, value: str) -> None:
+    status, error = rig.call("ADD", rig.config(metadata={**META, field: value}))
+    assert status == 1 and error["code"] == Code.INVALID_CONFIG and f"metadata.{field}" in error["details"]
+    assert rig.entries() == {} and rig.runners[4].restores == 0 and rig.agent.calls == []
+
+
+FIRST, SECOND = "0a1b2c3d-4e5f-6a7b-8c9d-000000000001", "0a1b2c3d-4e5f-6a7b-8c9d-000000000002"
+PREV2 = {**PREV, "ips": [{"address": "10.255.0.8/24", "interface": 0}]}
+
+
+def test_an_add_whose_chain_names_collide_is_refused_naming_both_and_the_first_is_untouched(rig: Rig) -> None:
+    assert chains.collide(FIRST, SECOND)
+    assert rig.call("ADD", rig.config(iptables_asg_logging=True), handle=FIRST)[0] == 0
+    before = (rig.entries(), rig.runners[4].table.save_lines(), rig.store_path.read_bytes())
+    status, error = rig.call("ADD", rig.config(iptables_asg_logging=True, prevResult=PREV2), handle=SECOND)
+    assert status == 1 and error["code"] == Code.CHAIN_NAME_COLLISION
+    assert FIRST in error["details"] and SECOND in error["details"]
+    assert (rig.entries(), rig.runners[4].table.save_lines(), rig.store_path.read_bytes()) == before
+    assert rig.agent.calls == [("sync", FIRST)]
+    # The runtime cleans up a failed ADD with DEL: the first container keeps its chains, hook and entry.
+    assert rig.call("DEL", rig.config(iptables_asg_logging=True, prevResult=PREV2), handle=SECOND) == (0, None)
+    assert (rig.entries(), rig.runners[4].table.save_lines()) == before[:2]
+    assert rig.call("CHECK", rig.config(iptables_asg_logging=True), handle=FIRST) == (0, None)
+
+
+def test_del_removes_only_its_own_hooks_from_a_chain_another_container_shares(rig: Rig) -> None:
+    assert rig.call("ADD", rig.config(), handle=FIRST)[0] == 0
+    # A colliding container written by a CNI that checks nothing (silk's): its entry and hook.
+    store = MetadataStore(rig.store_path)
+    store.add(SECOND, "10.255.0.8", META)
+    netout = chains.netout_chain_name(SECOND)
+    rig.runners[4].table.load([f"-I FORWARD 1 -s 10.255.0.8/32 -o eth0 -j {netout}"])
+    assert rig.call("DEL", rig.config(prevResult=PREV2), handle=SECOND) == (0, None)
+    table = rig.runners[4].table
+    assert sorted(table.rules("FORWARD")) == sorted(f"-A FORWARD -s 10.255.0.7/32 -o {i} -j {netout}"
+                                                    for i in ("bond0", "eth0"))
+    assert table.exists(netout) and list(rig.entries()) == [FIRST]
+    assert rig.call("DEL", rig.config(), handle=FIRST) == (0, None)  # the last one out removes the chains
+    assert rig.user_chains() == [] and table.rules("FORWARD") == []
+
+
+@pytest.mark.parametrize("name", ["store.json_lock", "store.json_version", "store.json"])
+def test_a_symlink_planted_at_a_store_file_fails_the_cni_cleanly_and_its_target_is_untouched(
+        rig: Rig, tmp_path: Path, name: str) -> None:
+    assert rig.call("ADD", rig.config(), handle="first")[0] == 0
+    target = tmp_path / "etc-shadow"
+    target.write_text("root:x:0:0\n")
+    (tmp_path / name).unlink()
+    (tmp_path / name).symlink_to(target)
+    for command in ("ADD", "DEL"):
+        status, error = rig.call(command, rig.config())
+        assert status == 1 and error["code"] == Code.STORE_FAILED, error
+        assert "symbolic link: refused" in error["details"]
+    assert target.read_text() == "root:x:0:0\n" and (tmp_path / name).is_symlink()
+    assert rig.runners[4].table.rules("FORWARD") == [
+        f"-A FORWARD -s 10.255.0.7/32 -o {i} -j {chains.netout_chain_name('first')}" for i in ("bond0", "eth0")]

@@ -93,3 +93,25 @@ def test_yaml_input(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "-m iprange --dst-range 10.0.0.0-10.255.255.255 --jump ACCEPT" in proc.stdout
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("container_workload", "app\nCOMMIT\n*filter\n-A FORWARD -j ACCEPT"),
+    ("space_id", "some-space\r\n*nat"), ("policy_group_id", "app\x00"), ("handle", "h1\n-A FORWARD -j ACCEPT"),
+    ("log_config", '{"guid": "g\\n*raw"}'), ("ip", "fe80::1%\n"),
+])
+def test_a_store_entry_outside_its_grammar_is_refused_with_exit_2_and_prints_no_table(
+        tmp_path: Path, field: str, value: str) -> None:
+    entry = store_entry("h1")
+    if field in ("handle", "ip"):
+        entry[field] = value
+    else:
+        entry["metadata"][field] = value
+    (tmp_path / "sg.json").write_text(json.dumps(GROUPS))
+    (tmp_path / "c.json").write_text(json.dumps(entry))
+    proc = subprocess.run([sys.executable, "-m", "dynamic_asgs.cli", "translate", "--security-groups",
+                           str(tmp_path / "sg.json"), "--container", str(tmp_path / "c.json")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "c.json: container" in lines[0] and field in lines[0], lines

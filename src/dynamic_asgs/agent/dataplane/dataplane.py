@@ -77,28 +77,24 @@ def _present(names: Collection[str]) -> Callable[[KernelTable], list[str]]:
     return lambda kernel: [c for c in names if c in kernel.info]
 
 
-def _chain_names(handle: str) -> frozenset[str]:
-    """Every chain name a container's chains use."""
-    return frozenset((chains.asg_chain_name(handle), chains.netout_chain_name(handle),
-                      chains.log_chain_name(handle), chains.rate_limit_log_chain_name(handle)))
-
-
-def _collisions(handles: Collection[str], incumbent: Callable[[str], bool]) -> tuple[dict[str, str], set[str]]:
+def _collisions(desired: Mapping[str, ContainerChains],
+                incumbent: Callable[[str], bool]) -> tuple[dict[str, str], set[str]]:
     """Handles refused because their chain names are an enforced container's, and those only adoptable.
 
+    A container's names are those its plan uses (:attr:`ContainerChains.chain_names`).
     Incumbents (containers already enforced) keep their names; any other handle
     sharing one is refused. Colliding handles none of which is enforced (after a
     restart) are all only adoptable: none is written, and the one whose chains the
     kernel holds exactly is adopted, which makes it the incumbent from then on.
     """
     owner: dict[str, str] = {}
-    for handle in handles:
+    for handle, plan in desired.items():
         if incumbent(handle):
-            owner.update(dict.fromkeys(_chain_names(handle), handle))
+            owner.update(dict.fromkeys(plan.chain_names, handle))
     refused: dict[str, str] = {}
     by_name: dict[str, set[str]] = {}
-    for handle in handles:
-        names = _chain_names(handle)
+    for handle, plan in desired.items():
+        names = plan.chain_names
         rivals = sorted({owner[n] for n in names if n in owner} - {handle})
         if rivals:
             refused[handle] = (f"its chain names are those of container {', '.join(rivals)}: refused, "
@@ -148,7 +144,7 @@ class Dataplane:
             started = time.monotonic()
             renderer, now = Renderer(), self._clock()
             refused, adopt_only = _collisions(desired, self._incumbent)
-            kept_names = {n for h in keep for n in _chain_names(h)} | {"c" + chains.asg_chain_name(h) for h in keep}
+            kept_names = {n for h in keep for n in (*chains.chain_names(h), "c" + chains.asg_chain_name(h))}
             protected = frozenset(chains.netout_chain_name(h) for h in keep)
             runs = {}
             for version, state in self._states.items():
@@ -170,7 +166,8 @@ class Dataplane:
         asg = chains.asg_chain_name(handle)
         with self._lock:
             started = time.monotonic()
-            rivals = sorted(h for h in self._enforced() if h != handle and _chain_names(h) & _chain_names(handle))
+            rivals = sorted(h for h, names in self._enforced_names().items()
+                            if h != handle and names & plan.chain_names)
             if rivals:
                 reason = (f"its chain names are those of container {', '.join(rivals)}: refused, "
                           "the other is left as it is")
@@ -220,8 +217,13 @@ class Dataplane:
     def _incumbent(self, handle: str) -> bool:
         return any(handle in state.applied for state in self._states.values())
 
-    def _enforced(self) -> set[str]:
-        return {h for state in self._states.values() for h in state.applied}
+    def _enforced_names(self) -> dict[str, set[str]]:
+        """Per enforced container, the chain names its applied plans use."""
+        names: dict[str, set[str]] = {}
+        for state in self._states.values():
+            for handle, applied in state.applied.items():
+                names.setdefault(handle, set()).update(applied.family.chain_names)
+        return names
 
     def state(self) -> Mapping[str, AppliedContainer]:
         """Per container: the hash, rule count and time of what the kernel enforces, per family."""

@@ -9,10 +9,7 @@ import pytest
 from dynamic_asgs.agent.dataplane import Dataplane
 from dynamic_asgs.agent.dataplane.settle import SettleSettings
 from dynamic_asgs.asg import chains
-from dynamic_asgs.asg.model import Container, Workload
-from dynamic_asgs.asg.translate import ContainerChains, GroupIndex
-from dynamic_asgs.errors import ValidationError
-from dynamic_asgs.iptables.render import Renderer
+from dynamic_asgs.asg.translate import ChainSettings, ConnLimit, ContainerChains, GroupIndex
 from dynamic_asgs.lager import Logger
 from support.fakecell import FakeCell
 from support.plans import container, dataplane, groups_for, log_events, plan
@@ -165,20 +162,31 @@ def test_drift_while_the_agent_was_down_is_repaired_with_a_fingerprint_file(tmp_
     assert without.apply({"a": planned("a")}).adopted == ("a",)
 
 
-def test_a_token_the_renderer_refuses_fails_that_container_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_token_the_renderer_refuses_fails_that_container_alone() -> None:
     cell = FakeCell()
-    for handle in ("a", "b"):
-        cell.create(handle)
-    original = Renderer.body
-
-    def refusing(self: Renderer, argv: tuple[str, ...]) -> str:
-        if any("10.0.0.2" in a for a in argv):
-            raise ValidationError(f"refused token in {argv}")
-        return original(self, argv)
-
-    monkeypatch.setattr(Renderer, "body", refusing)
+    hostile = "b;x"  # a handle that never passed the store's grammar (iptables takes it as a chain name)
+    cell.create("a")
+    table = cell.runners[4].table
+    table.chains[chains.netout_chain_name(hostile)] = ["-j REJECT --reject-with icmp-port-unreachable"]
     dp, _ = dataplane(cell.runners)
-    report = dp.apply({"a": planned("a"), "b": plan(Container("b", "10.255.2.2", "app", "two", Workload.APP, "app"),
-                                                         INDEX)})
-    assert report.changed == ("a",) and "refused token" in report.failed["b"] and cell.holds(planned("a"))
-    assert cell.rules(4, "asg-b") == []
+    report = dp.apply({"a": planned("a"), hostile: planned(hostile, "two")})
+    assert report.changed == ("a",) and hostile in report.failed and cell.holds(planned("a"))
+    assert table.rules("INPUT") == [] and not table.exists(chains.asg_chain_name(hostile))
+
+
+def test_names_only_a_chain_not_in_use_would_share_do_not_collide() -> None:
+    # Rate-limit log chains keep a handle's first 12 characters; without logged
+    # connection limits there is no such chain, and both containers are written.
+    cell = FakeCell()
+    first, second = "dasg75cdcb-c1", "dasg75cdcb-c2"
+    assert chains.rate_limit_log_chain_name(first) == chains.rate_limit_log_chain_name(second)
+    for handle in (first, second):
+        cell.create(handle)
+    dp, _ = dataplane(cell.runners)
+    report = dp.apply({first: planned(first), second: planned(second)})
+    assert report.changed == (first, second) and not report.refused
+    logged = ChainSettings(conn_limit=ConnLimit(rate_per_sec=10, burst=20, logging=True))
+    again, _ = dataplane(FakeCell().runners)
+    refused = again.apply({first: plan(container(first, "one"), INDEX, logged),
+                           second: plan(container(second, "one"), INDEX, logged)})
+    assert set(refused.refused) == {first, second} and not refused.changes  # neither enforced yet
