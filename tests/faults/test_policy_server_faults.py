@@ -21,7 +21,7 @@ import pytest
 from dynamic_asgs.asg import chains
 from support.cell import Cell, cell
 from support.daemons import Daemon, PolicyServer, make_certs, wait_for
-from support.env import require_backend
+from support.env import BACKENDS, require_backend
 from support.faults import FakePolicyServer, record
 from support.stack import Agent, start_agent, store_add
 
@@ -109,3 +109,51 @@ def test_a_faulty_policy_server_leaves_the_rules_in_place(the_cell: Cell, tmp_pa
         agent.daemon.stop()
         fake.close()
     record("policy-server-faults", injected=len(FAULTS), bad_inputs=5, violations=0, recoveries=recoveries)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_space_the_server_refuses_freezes_no_other_container(backend: str, tmp_path: Path) -> None:
+    # Issue 13, class 4: one store entry whose space the server answers 400 to must not stop updates
+    # for the rest of the cell. Bisection sets the space aside; its container keeps what it has.
+    require_backend(backend)
+    pki = make_certs(tmp_path / "fake-ps-pki", "ps")
+
+    def groups(port: str) -> dict[str, Any]:
+        rules = json.dumps([{"protocol": "tcp", "destination": "10.7.0.0/16", "ports": port}])
+        return {"next": 0, "security_groups": [{
+            "guid": "g1", "name": "web", "rules": rules, "staging_default": False, "running_default": False,
+            "staging_space_guids": [], "running_space_guids": [f"s{i}" for i in range(6)]}]}
+
+    fake = FakePolicyServer(pki, groups("80"))
+    policy = PolicyServer(cast(Daemon, None), fake.port, 0, pki)
+    store = tmp_path / "store.json"
+    with cell(backend, tmp_path) as c:
+        for i in range(6):
+            c.add_container(f"c{i}")
+            c.hook(f"c{i}", versions=(4,))
+            store_add(store, c, f"c{i}", space=f"s{i}")
+        agent = start_agent(tmp_path, c, policy, store, enable_ipv6=False)
+        try:
+            wait_for(lambda: all(_allows(c, f"c{i}", "80") for i in range(6)), timeout=60, what="the first rulesets")
+            held = c.rules(4, chains.asg_chain_name("c3"))
+            bad_inputs = 0
+            for n, refused in enumerate(("s3", "s0")):
+                fake.refuse_spaces = {refused}
+                bad_inputs += 1
+                port = str(1000 + n)
+                fake.document, fake.version = groups(port), 2 + n
+                others = [f"c{i}" for i in range(6) if f"s{i}" not in ("s3", refused)]
+                wait_for(lambda: all(_allows(c, h, port) for h in others), timeout=60,  # noqa: B023 - waited here
+                         what=f"every container but the one in {refused} updated")
+                assert c.rules(4, chains.asg_chain_name("c3")) == held  # set aside, not emptied, not widened
+                status = agent.status()
+                assert refused in status["policy_server"]["refused_spaces"]
+                assert agent.daemon.running()
+            assert agent.daemon.events("space-refused-by-policy-server")
+            settles = [e for e in agent.daemon.events("cycle-done") if e["data"]["kind"] == "partial"]
+            assert len(settles) < 200, "settle passes ran back to back"
+            assert "asg_refused_spaces 2.0" in agent.metrics()  # asked again after retry_seconds (unit-tested)
+        finally:
+            agent.daemon.stop()
+            fake.close()
+    record("refused-space", injected=2, bad_inputs=bad_inputs, violations=0)

@@ -26,6 +26,7 @@ from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from dynamic_asgs.asg import chains
 from dynamic_asgs.local.pki import Pki
@@ -183,13 +184,17 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _answer(self) -> None:
+    def _answer(self, body_in: bytes = b"") -> None:
         fake = self.server.fake
         fake.requests += 1
         mode = fake.mode
         if mode == "slow":
             time.sleep(fake.delay)
-        if mode == "500":
+        refused = sorted(fake.refuse_spaces & _asked_spaces(self.path, body_in))
+        if refused:  # what the policy server answers a space_guids value it does not accept
+            body, status, ctype = json.dumps({"error": f"space_guids: {refused[0]!r} is not a GUID"}).encode(), \
+                400, "application/json"
+        elif mode == "500":
             body, status, ctype = b'{"error": "database is on fire"}', 500, "application/json"
         elif mode == "garbage":
             body, status, ctype = b"\x00\xffnot json at all {{{", 200, "application/json"
@@ -218,8 +223,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
-        self._answer()
+        self._answer(self.rfile.read(length))
+
+
+def _asked_spaces(path: str, body: bytes) -> set[str]:
+    """The space guids of a GET query string or a POST body."""
+    spaces = {g for v in parse_qs(urlsplit(path).query).get("space_guids", []) for g in v.split(",")}
+    if body:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return spaces
+        if isinstance(doc, dict) and isinstance(doc.get("space_guids"), list):
+            spaces |= {g for g in doc["space_guids"] if isinstance(g, str)}
+    return spaces
 
 
 class _Server(ThreadingHTTPServer):
@@ -234,6 +251,7 @@ class FakePolicyServer:
         self.document, self.version = document, version
         self.mode = "ok"
         self.delay = 0.0
+        self.refuse_spaces: set[str] = set()  # answered 400 whenever a request names one
         self.requests = 0
         self._context: ssl.SSLContext = server_context(ca_file=str(pki.server.ca), cert_file=str(pki.server.cert),
                                                        key_file=str(pki.server.key))

@@ -189,6 +189,8 @@ def _loop(s: AgentSettings, converger: Converger, stop: threading.Event, wake: t
             look = converger.next_look()
             if look is not None and look <= time.time():
                 _guarded(converger.settle, "settle", log, metrics)
+                if (after := converger.next_look()) is not None and after <= time.time():
+                    stop.wait(min(1.0, s.store_check_interval))  # no progress: never spin
                 continue
             until_look = max(0.0, look - time.time()) if look is not None else s.store_check_interval
             stop.wait(min(s.store_check_interval, until_look, max(0.0, min(next_poll, next_verify) - now)))

@@ -49,7 +49,7 @@ from tenacity import (
 )
 
 from dynamic_asgs.cc.deadline import Deadline, scope
-from dynamic_asgs.errors import Refusal, RefusedAnswer, UpstreamError
+from dynamic_asgs.errors import Refusal, RefusedAnswer, RefusedRequest, UpstreamError
 
 __all__ = ["JsonHttp", "Reply", "RetryPolicy", "Timeouts", "public_url", "validator"]
 
@@ -209,6 +209,8 @@ class JsonHttp:
             message = f"{what}: HTTP {status}" + (f": {detail}" if detail else "")
             if status == 429 or status >= 500:
                 raise _Transient(message)
+            if 400 <= status < 500:  # the request itself is refused: the agent sets such spaces aside
+                raise RefusedRequest(message, status=status)
             raise UpstreamError(message)
         body = self._parse(what, content, call.schema) if status == 200 else None
         return Reply(status, response.headers, body)

@@ -185,8 +185,19 @@ class Dataplane:
             return self._finish("one", runs, 1, started, prune_logged=False)
 
     def settle(self, desired: Mapping[str, ContainerChains]) -> ApplyReport:
-        """Look again at waiting and watched containers (``desired`` holds their plans); write those ready."""
-        return self.apply(desired, complete=False)
+        """Look again at waiting and watched containers (``desired`` holds their plans); write those ready.
+
+        Those due without a plan in ``desired`` are looked at a recheck later, so a container
+        the caller cannot plan now never keeps its look due (the poll loop would spin).
+        """
+        report = self.apply(desired, complete=False)
+        with self._lock:
+            now = self._clock()
+            for state in self._states.values():
+                for handle in state.settler.handles() - set(desired):
+                    if state.settler.due(handle, now):
+                        state.settler.postpone(handle, now)
+        return report
 
     def next_look(self) -> float | None:
         """When (clock time) the next waiting or watched container is due a look; None if there is none."""

@@ -118,6 +118,19 @@ class Settler:
         self.first_seen.pop(handle, None)
         self.watched.pop(handle, None)
 
+    def postpone(self, handle: str, now: float) -> None:
+        """``handle`` was due but had no plan to look with (e.g. its space is set aside): look a recheck later."""
+        wait = self.waiting.get(handle)
+        if wait is not None:
+            wait.next_check = max(wait.next_check, now + self.settings.recheck)
+        watch = self.watched.get(handle)
+        if watch is not None:
+            until = watch[0]
+            if until is not None and until <= now:
+                del self.watched[handle]
+            else:
+                self.watched[handle] = (until, max(watch[1], now + self.settings.recheck))
+
     def looking(self, handle: str) -> bool:
         """Whether ``handle`` is waiting or watched."""
         return handle in self.waiting or handle in self.watched

@@ -114,6 +114,25 @@ def test_a_waiting_container_is_never_forgotten_but_looked_at_ever_less_often(cl
     assert dp.settle(desired).changed == ("n",)
 
 
+def test_a_watched_container_without_a_plan_is_postponed_never_left_due(clock: Clock) -> None:
+    # Its space set aside, say: the caller has no plan for it. A look left due would make the
+    # agent's loop run settle passes back to back.
+    cell = FakeCell()
+    dp = settling(cell, clock)
+    cell.create("n")
+    desired = {"n": planned("n")}
+    dp.apply(desired)
+    clock.now += 10
+    assert dp.settle(desired).changed == ("n",) and dp.looking() == {"n"}  # written after the settle time: watched
+    clock.now += 0.5
+    dp.settle({})
+    due = dp.next_look()
+    assert due is not None and due > clock.now  # postponed a recheck, still watched
+    clock.now += 61
+    dp.settle({})
+    assert dp.looking() == set() and dp.next_look() is None  # the watch ended on time
+
+
 def test_a_container_whose_chain_names_collide_with_an_enforced_one_is_refused_and_the_first_untouched() -> None:
     cell = FakeCell()
     first, second = "aaaaaaaaaaaaaaaaaaaa-1", "aaaaaaaaaaaaaaaaaaaa-2"  # same 20 characters: same asg- chain
