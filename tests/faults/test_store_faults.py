@@ -1,6 +1,6 @@
 """Container metadata store torn writes and garbage: the agent keeps the last good view.
 
-The real agent daemon over a legacy cell; the store is damaged the way a writer killed
+The real agent daemon over a cell (legacy and nft); the store is damaged the way a writer killed
 mid-write (silk's writer overwrites in place) or a broken disk would leave it, with the
 version bumped so the agent notices. Through every fault each container keeps its
 complete ruleset (no chain removed, no container dropped); once a good store is back, a
@@ -22,7 +22,7 @@ from dynamic_asgs.asg import chains
 from dynamic_asgs.metadata_store import MetadataStore
 from support.cell import Cell, cell
 from support.daemons import wait_for
-from support.env import require_backend
+from support.env import BACKENDS, require_backend
 from support.faults import record
 from support.stack import Agent, ControlPlane, asg, control_plane, start_agent, store_add
 
@@ -44,10 +44,10 @@ GARBAGE: dict[str, Callable[[str], str | bytes]] = {
 }
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[Cell, ControlPlane, Path]]:
-    require_backend("legacy")
-    with cell("legacy", tmp_path) as c, control_plane(
+@pytest.fixture(params=BACKENDS)
+def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Cell, ControlPlane, Path]]:
+    require_backend(request.param)
+    with cell(request.param, tmp_path) as c, control_plane(
             tmp_path, [asg("g", RULES, running=["s1", "s2"])]) as plane:
         store = tmp_path / "store.json"
         for handle, space in (("a", "s1"), ("b", "s2")):

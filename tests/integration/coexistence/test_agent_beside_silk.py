@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from dynamic_asgs.asg import chains
 from support.cell import Cell, cell
 from support.daemons import wait_for
 from support.env import BACKENDS, require_backend
+from support.faults import record
 from support.silk_agent import SilkAgent
 from support.silk_cni import SilkCni
 from support.silk_netrules import SilkCniConfig
@@ -101,8 +103,10 @@ def test_a_new_container_gets_exactly_its_asgs_never_garden_s_static_rules(found
     agent = foundation.agent()
     try:
         result = foundation.cni().add("app-1", metadata=_meta("app-1"), net_out_rules=STATIC_RULES)
+        done = time.monotonic()
         assert result.asg_status == 405 and len(result.static_rules) > 2  # silk inserted Garden's rules
         wait_for(lambda: foundation.exact("app-1"), timeout=15, what="our chains in place of the static rules")
+        record("coexistence-static-rules-window", injected=1, violations=0, recoveries=[time.monotonic() - done])
         assert foundation.reach("app-1") == ("ok", "refused", "refused")
         assert agent.status()["containers"]["app-1"]["rule_count"] == 1
         cycles = [e for e in agent.daemon.events("cycle-done") if e["data"]["kind"] == "full"]
