@@ -129,26 +129,47 @@ class Agent:
 
 def start_agent(tmp_path: Path, cell: Cell, policy: PolicyServer, store: Path, *, name: str = "agent",
                 **overrides: Any) -> Agent:
-    """Start ``vxlan-policy-agent`` for ``cell`` (1 s poll) and wait until its endpoints answer."""
+    """Start ``vxlan-policy-agent`` for ``cell`` (1 s poll) and wait until its endpoints answer.
+
+    Ports are picked free just before the start; if another process takes one meanwhile (the
+    agent exits with "Address already in use"), the start is tried again with new ports.
+    """
     directory = tmp_path / name
-    config: dict[str, Any] = {
-        "policy_server_url": policy.url, "ca_cert_file": str(policy.pki.client.ca),
-        "client_cert_file": str(policy.pki.client.cert), "client_key_file": str(policy.pki.client.key),
-        "cni_datastore_path": str(store), "iptables_lock_file": str(cell.lock_file),
-        "asg_poll_interval": 1, "force_policy_poll_cycle_port": free_port(), "debug_server_port": free_port(),
-        "metrics_port": free_port(), "enable_ipv6": True, "underlay_ips": ["198.18.0.1"],
-        # Cell.hook plays a CNI that is done once the parent exists (ours forces a sync; a test that plays
-        # silk's cni-wrapper-plugin sets the settle time it needs).
-        "new_container_settle_seconds": 0,
-        **cell_tools(cell, directory / "bin"), **overrides,
-    }
+    attempts = 3
+    for attempt in range(1, attempts + 1):
+        config: dict[str, Any] = {
+            "policy_server_url": policy.url, "ca_cert_file": str(policy.pki.client.ca),
+            "client_cert_file": str(policy.pki.client.cert), "client_key_file": str(policy.pki.client.key),
+            "cni_datastore_path": str(store), "iptables_lock_file": str(cell.lock_file),
+            "asg_poll_interval": 1, "force_policy_poll_cycle_port": free_port(), "debug_server_port": free_port(),
+            "metrics_port": free_port(), "enable_ipv6": True, "underlay_ips": ["198.18.0.1"],
+            # Cell.hook plays a CNI that is done once the parent exists (ours forces a sync; a test that plays
+            # silk's cni-wrapper-plugin sets the settle time it needs).
+            "new_container_settle_seconds": 0,
+            **cell_tools(cell, directory / "bin"), **overrides,
+        }
+        agent = _launch(directory, config, name, last=attempt == attempts)
+        if agent is not None:
+            return agent
+    raise AssertionError(f"{name}: no free ports after {attempts} attempts")
+
+
+def _launch(directory: Path, config: dict[str, Any], name: str, *, last: bool) -> Agent | None:
+    """The started agent; None when it exited because a port was taken (and this is not the ``last`` try)."""
     config_file = directory / "vxlan-policy-agent.json"
     config_file.write_text(json.dumps(config))
-    agent = Agent(Daemon(["vxlan-policy-agent", "--config-file", str(config_file)], directory / "agent.log"), config)
+    log = directory / "agent.log"
+    agent = Agent(Daemon(["vxlan-policy-agent", "--config-file", str(config_file)], log), config)
     try:
-        wait_for(lambda: requests.get(agent._url("debug", "/log-level"), timeout=2).ok, timeout=30,
-                 what=f"{name}'s debug endpoint")
+        wait_for(lambda: not agent.daemon.running() or requests.get(agent._url("debug", "/log-level"), timeout=2).ok,
+                 timeout=30, what=f"{name}'s debug endpoint")
     except AssertionError:
         agent.daemon.stop()
         raise
-    return agent
+    if agent.daemon.running():
+        return agent
+    agent.daemon.stop()
+    text = log.read_text(errors="replace")
+    if "Address already in use" in text and not last:
+        return None
+    raise AssertionError(f"{name} exited at start: {text[-2000:]}")
