@@ -42,13 +42,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the test harness: processes, databases, certificates
 
 from dynamic_asgs.cc.client import CloudController  # noqa: E402
-from dynamic_asgs.cc.http import JsonHttp, Timeouts  # noqa: E402
 from dynamic_asgs.cc.uaa import TokenSource  # noqa: E402
+from dynamic_asgs.http.client import JsonHttp, Timeouts  # noqa: E402
 from dynamic_asgs.lager import Logger  # noqa: E402
-from dynamic_asgs.policy.db import DatabaseSettings, create_engine  # noqa: E402
-from dynamic_asgs.policy.migrate import upgrade  # noqa: E402
-from dynamic_asgs.policy.server import raise_open_files_limit  # noqa: E402
-from dynamic_asgs.policy.store import GroupRow, PolicyStore  # noqa: E402
+from dynamic_asgs.policy_server.server import raise_open_files_limit  # noqa: E402
+from dynamic_asgs.policydb.db import DatabaseSettings, create_engine  # noqa: E402
+from dynamic_asgs.policydb.migrate import upgrade  # noqa: E402
+from dynamic_asgs.policydb.store import GroupRow, PolicyStore  # noqa: E402
 from dynamic_asgs.syncer.metrics import SyncerMetrics  # noqa: E402
 from dynamic_asgs.syncer.sync import Syncer  # noqa: E402
 from dynamic_asgs.tls import client_context, session_for  # noqa: E402

@@ -19,7 +19,7 @@ __all__ = ["COMMANDS", "main"]
 
 #: name -> (module providing add_arguments/run, or None while not built yet; help text)
 COMMANDS: dict[str, tuple[str | None, str]] = {
-    "policy-server": ("dynamic_asgs.policy.command",
+    "policy-server": ("dynamic_asgs.policy_server.command",
                       "daemon: serve the internal security-groups API to cells (mTLS)"),
     "policy-server-asg-syncer": ("dynamic_asgs.syncer.command",
                                  "daemon: copy Cloud Controller's ASGs into the policy DB"),

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from dynamic_asgs.asg import chains
-from dynamic_asgs.policy.db import DatabaseSettings, create_engine
-from dynamic_asgs.policy.store import GroupRow, PolicyStore
+from dynamic_asgs.policydb.db import DatabaseSettings, create_engine
+from dynamic_asgs.policydb.store import GroupRow, PolicyStore
 from support.cell import Cell, cell
 from support.daemons import wait_for
 from support.env import BACKENDS, require_backend

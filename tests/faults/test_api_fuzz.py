@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from dynamic_asgs.policy.db import create_engine
-from dynamic_asgs.policy.migrate import upgrade
-from dynamic_asgs.policy.store import GroupRow, PolicyStore
+from dynamic_asgs.policydb.db import create_engine
+from dynamic_asgs.policydb.migrate import upgrade
+from dynamic_asgs.policydb.store import GroupRow, PolicyStore
 from support.daemons import PolicyServer, database, database_config, start_policy_server
 from support.faults import record
 

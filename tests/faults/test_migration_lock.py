@@ -31,11 +31,11 @@ from sqlalchemy.engine import Engine
 
 from dynamic_asgs.errors import DatabaseError
 from dynamic_asgs.lager import Logger
-from dynamic_asgs.policy.db import DatabaseSettings, create_engine, db_now
-from dynamic_asgs.policy.migrate import current_revision, head_revision, upgrade
-from dynamic_asgs.policy.migration_lock import LOCK_TABLE
-from dynamic_asgs.policy.store import PolicyStore
-from dynamic_asgs.policy.tables import metadata
+from dynamic_asgs.policydb.db import DatabaseSettings, create_engine, db_now
+from dynamic_asgs.policydb.migrate import current_revision, head_revision, upgrade
+from dynamic_asgs.policydb.migration_lock import LOCK_TABLE
+from dynamic_asgs.policydb.store import PolicyStore
+from dynamic_asgs.policydb.tables import metadata
 from support.daemons import BACKENDS, database, wait_for
 from support.faults import TcpProxy, record
 
@@ -198,8 +198,8 @@ def _die_mid_migration(settings: DatabaseSettings, *, lease_ttl: float) -> int:
     script = f"""
 import json, os, re, signal, sys
 from sqlalchemy import event
-from dynamic_asgs.policy.db import DatabaseSettings, create_engine
-from dynamic_asgs.policy.migrate import upgrade
+from dynamic_asgs.policydb.db import DatabaseSettings, create_engine
+from dynamic_asgs.policydb.migrate import upgrade
 engine = create_engine(DatabaseSettings(**json.loads(sys.argv[1])))
 @event.listens_for(engine, "before_cursor_execute")
 def die(conn, cursor, statement, *rest):

@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 import requests
 
-from dynamic_asgs.policy.db import create_engine
-from dynamic_asgs.policy.migrate import upgrade
-from dynamic_asgs.policy.store import GroupRow, PolicyStore
+from dynamic_asgs.policydb.db import create_engine
+from dynamic_asgs.policydb.migrate import upgrade
+from dynamic_asgs.policydb.store import GroupRow, PolicyStore
 from dynamic_asgs.tls import client_context
 from support.daemons import PolicyServer, database, database_config, free_port, start_policy_server, wait_for
 from support.faults import record

@@ -17,9 +17,9 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from dynamic_asgs.policy.db import DatabaseSettings, create_engine
-from dynamic_asgs.policy.migrate import upgrade
-from dynamic_asgs.policy.store import GroupRow, PolicyStore
+from dynamic_asgs.policydb.db import DatabaseSettings, create_engine
+from dynamic_asgs.policydb.migrate import upgrade
+from dynamic_asgs.policydb.store import GroupRow, PolicyStore
 from support.cell import cell
 from support.daemons import (
     PolicyServer,

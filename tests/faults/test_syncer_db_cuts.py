@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from dynamic_asgs.policy.db import DatabaseSettings, create_engine
-from dynamic_asgs.policy.store import PolicyStore
+from dynamic_asgs.policydb.db import DatabaseSettings, create_engine
+from dynamic_asgs.policydb.store import PolicyStore
 from support.daemons import Daemon, database, database_config, start_cc_stub, start_syncer, wait_for
 from support.faults import TcpProxy, record
 

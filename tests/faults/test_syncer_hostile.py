@@ -29,8 +29,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from dynamic_asgs.policy.db import create_engine
-from dynamic_asgs.policy.store import PolicyStore
+from dynamic_asgs.policydb.db import create_engine
+from dynamic_asgs.policydb.store import PolicyStore
 from support.daemons import Daemon, database, database_config, free_port, wait_for
 from support.faults import record
 from support.hostile_cc import (

@@ -19,7 +19,7 @@ from typing import Any
 
 from dynamic_asgs.agent.settings import load_settings as load_agent_settings
 from dynamic_asgs.config import load_config, load_schema, validate_config
-from dynamic_asgs.policy.settings import load_settings as load_policy_settings
+from dynamic_asgs.policy_server.settings import load_settings as load_policy_settings
 from dynamic_asgs.syncer.settings import load_settings as load_syncer_settings
 from support.bosh_render import Rendered, link_from_job, render_job
 

@@ -31,14 +31,14 @@ import requests
 import sqlalchemy as sa
 
 from dynamic_asgs.cc.client import CloudController
-from dynamic_asgs.cc.http import JsonHttp, RetryPolicy, Timeouts
 from dynamic_asgs.cc.uaa import TokenSource
+from dynamic_asgs.http.client import JsonHttp, RetryPolicy, Timeouts
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.local.cc_stub.catalog import Catalog, load_catalog
 from dynamic_asgs.local.cc_stub.server import StubServer
 from dynamic_asgs.local.cc_stub.state import StubState
 from dynamic_asgs.local.pki import Pki, make_pki
-from dynamic_asgs.policy.db import DatabaseSettings
+from dynamic_asgs.policydb.db import DatabaseSettings
 from dynamic_asgs.tls import client_context, server_context, session_for
 from support.env import require
 

@@ -23,8 +23,8 @@ import json
 from prometheus_client import REGISTRY, CollectorRegistry
 from dynamic_asgs.agent.metrics import AgentMetrics
 from dynamic_asgs.netmon.measure import NetmonMetrics
-from dynamic_asgs.policy.api import ApiMetrics
-from dynamic_asgs.policy.holder import HolderMetrics
+from dynamic_asgs.policy_server.api import ApiMetrics
+from dynamic_asgs.policy_server.holder import HolderMetrics
 from dynamic_asgs.syncer.metrics import SyncerMetrics
 ApiMetrics(); HolderMetrics()
 registries = {"agent": AgentMetrics().registry, "syncer": SyncerMetrics().registry,

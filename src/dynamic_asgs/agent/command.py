@@ -33,13 +33,13 @@ from dynamic_asgs.agent.dataplane import Dataplane
 from dynamic_asgs.agent.dataplane.settle import SettleSettings
 from dynamic_asgs.agent.endpoints import LocalServer, debug_server, force_server
 from dynamic_asgs.agent.metrics import AgentMetrics
+from dynamic_asgs.agent.policy_client import PolicyClient
 from dynamic_asgs.agent.settings import AgentSettings, load_settings
 from dynamic_asgs.agent.watcher import PolicyWatcher
 from dynamic_asgs.iptables.runner import IptablesRunner
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.metadata_store import MetadataStore, StoreView
 from dynamic_asgs.metrics import serve_metrics
-from dynamic_asgs.policy.client import PolicyClient
 
 __all__ = ["add_arguments", "run"]
 

@@ -25,13 +25,13 @@ from typing import Any, Protocol
 from dynamic_asgs.agent.dataplane import Dataplane
 from dynamic_asgs.agent.dataplane.report import ApplyReport
 from dynamic_asgs.agent.metrics import AgentMetrics
+from dynamic_asgs.agent.policy_client import Result
 from dynamic_asgs.agent.refused_spaces import RefusedSpaces
 from dynamic_asgs.asg.model import Container, SecurityGroup
 from dynamic_asgs.asg.translate import ChainSettings, ContainerChains, GroupIndex, plan_container
 from dynamic_asgs.errors import DynamicASGsError, RefusedRequest, StoreError, UpstreamError
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.metadata_store import StoreView
-from dynamic_asgs.policy.client import Result
 
 __all__ = ["APP_MESSAGE", "Converger", "Emitter", "PolicySource"]
 
@@ -39,7 +39,7 @@ APP_MESSAGE = "Security group rules were updated"
 
 
 class PolicySource(Protocol):
-    """What the converger needs from the policy server (real: :class:`~dynamic_asgs.policy.client.PolicyClient`)."""
+    """What the converger needs from the policy server (real: :class:`.policy_client.PolicyClient`)."""
 
     def fetch(self, space_guids: Iterable[str], *, etag: str | None = None, wait: float | None = None) -> Result: ...
 

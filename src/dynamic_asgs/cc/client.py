@@ -20,7 +20,7 @@
   ``total_results`` groups in all. Each page is read up to ``max_response_bytes``; the
   whole listing, every attempt and request (token included) within it, ends by
   ``deadline``. A broken bound raises :class:`~dynamic_asgs.errors.RefusedAnswer` (a
-  redirect does too, see :mod:`dynamic_asgs.cc.http`), so a torn, endless or hostile
+  redirect does too, see :mod:`dynamic_asgs.http.client`), so a torn, endless or hostile
   listing never reaches the DB.
 * Each resource is returned as CC sent it; whether it can be stored is the syncer's
   business (:mod:`dynamic_asgs.syncer.convert` drops a bad group alone).
@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from dynamic_asgs.cc.deadline import Deadline
-from dynamic_asgs.cc.http import JsonHttp, Reply, public_url, validator
 from dynamic_asgs.cc.uaa import TokenSource
 from dynamic_asgs.config import load_schema
 from dynamic_asgs.errors import Refusal, RefusedAnswer, UnstableListing, UpstreamError
+from dynamic_asgs.http.client import JsonHttp, Reply, public_url, validator
+from dynamic_asgs.http.deadline import Deadline
 
 __all__ = ["CloudController", "Limits", "Listing", "normalize_timestamp"]
 

@@ -13,9 +13,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from dynamic_asgs.cc.deadline import Deadline
-from dynamic_asgs.cc.http import JsonHttp, validator
 from dynamic_asgs.config import load_schema
+from dynamic_asgs.http.client import JsonHttp, validator
+from dynamic_asgs.http.deadline import Deadline
 
 __all__ = ["MAX_TOKEN_BYTES", "TokenSource"]
 

@@ -32,7 +32,7 @@ from typing import Any
 from dynamic_asgs.asg.model import SecurityGroup
 from dynamic_asgs.asg.parse import parse_cc_group
 from dynamic_asgs.errors import RuleError, ValidationError
-from dynamic_asgs.policy.store import GroupRow
+from dynamic_asgs.policydb.store import GroupRow
 
 __all__ = ["MAX_NAME", "Converted", "rows_from_resources"]
 

@@ -38,7 +38,7 @@ from dynamic_asgs.errors import (
     ValidationError,
 )
 from dynamic_asgs.lager import Logger
-from dynamic_asgs.policy.lease import Lease
+from dynamic_asgs.syncer.lease import Lease
 from dynamic_asgs.syncer.metrics import SyncerMetrics
 from dynamic_asgs.syncer.sync import Syncer
 

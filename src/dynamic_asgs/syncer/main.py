@@ -7,7 +7,7 @@ Everything that can be wrong in the configuration (unknown keys, unreadable cert
 files) fails here, before the daemon starts, as a ConfigError (exit 2). Everything that
 can be down (CC, UAA, the DB) is only contacted later, with retries. Every TLS context
 for CC and UAA honours the listing deadline down to the socket
-(:func:`dynamic_asgs.cc.deadline.enforce`).
+(:func:`dynamic_asgs.http.deadline.enforce`).
 """
 
 from __future__ import annotations
@@ -19,17 +19,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from dynamic_asgs.cc import deadline
 from dynamic_asgs.cc.client import CloudController, Limits
-from dynamic_asgs.cc.http import JsonHttp, RetryPolicy, Timeouts
 from dynamic_asgs.cc.uaa import TokenSource
+from dynamic_asgs.http import deadline
+from dynamic_asgs.http.client import JsonHttp, RetryPolicy, Timeouts
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.metrics import serve_metrics
-from dynamic_asgs.policy.db import create_engine
-from dynamic_asgs.policy.lease import Lease
-from dynamic_asgs.policy.migrate import upgrade
-from dynamic_asgs.policy.store import PolicyStore
+from dynamic_asgs.policydb.db import create_engine
+from dynamic_asgs.policydb.migrate import upgrade
+from dynamic_asgs.policydb.store import PolicyStore
 from dynamic_asgs.syncer.daemon import LeaseKeeper, SyncLoop
+from dynamic_asgs.syncer.lease import Lease
 from dynamic_asgs.syncer.metrics import SyncerMetrics
 from dynamic_asgs.syncer.settings import SyncerSettings, load_settings
 from dynamic_asgs.syncer.sync import Syncer

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from dynamic_asgs.config import load_config
 from dynamic_asgs.errors import ConfigError
-from dynamic_asgs.policy.db import DatabaseSettings, daemon_schema
+from dynamic_asgs.policydb.db import DatabaseSettings, daemon_schema
 
 __all__ = ["SyncerSettings", "load_settings"]
 

@@ -19,7 +19,7 @@ from typing import Protocol
 from dynamic_asgs.cc.client import Listing
 from dynamic_asgs.errors import DatabaseError, RuleError
 from dynamic_asgs.lager import Logger
-from dynamic_asgs.policy.store import Fence, GroupRow, ReplaceResult, SyncState
+from dynamic_asgs.policydb.store import Fence, GroupRow, ReplaceResult, SyncState
 from dynamic_asgs.syncer.convert import rows_from_resources
 from dynamic_asgs.syncer.metrics import SyncerMetrics
 
@@ -37,7 +37,7 @@ class CloudControllerSource(Protocol):
 
 
 class Store(Protocol):
-    """What the syncer needs from the policy store (see policy.store.PolicyStore)."""
+    """What the syncer needs from the policy store (see policydb.store.PolicyStore)."""
 
     def state(self) -> SyncState: ...
 

@@ -37,8 +37,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from dynamic_asgs.agent.policy_client import PolicyClient
 from dynamic_asgs.errors import InputError, UpstreamError
-from dynamic_asgs.policy.client import PolicyClient
 
 __all__ = [
     "EXIT_LAGGING",

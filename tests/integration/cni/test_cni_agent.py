@@ -15,9 +15,9 @@ import pytest
 import requests
 
 from dynamic_asgs.asg import chains
-from dynamic_asgs.policy.db import create_engine
-from dynamic_asgs.policy.migrate import upgrade
-from dynamic_asgs.policy.store import GroupRow, PolicyStore
+from dynamic_asgs.policydb.db import create_engine
+from dynamic_asgs.policydb.migrate import upgrade
+from dynamic_asgs.policydb.store import GroupRow, PolicyStore
 from support.cell import Cell
 from support.cni import CniCell, write_wrappers
 from support.daemons import Daemon, database, database_config, free_port, start_policy_server, wait_for

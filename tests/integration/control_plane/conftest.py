@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dynamic_asgs.policy.db import DatabaseSettings
+from dynamic_asgs.policydb.db import DatabaseSettings
 from support.daemons import BACKENDS, database
 
 

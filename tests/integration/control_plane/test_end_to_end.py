@@ -6,9 +6,9 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from dynamic_asgs.policy.client import PolicyClient
-from dynamic_asgs.policy.db import DatabaseSettings, create_engine
-from dynamic_asgs.policy.store import PolicyStore
+from dynamic_asgs.agent.policy_client import PolicyClient
+from dynamic_asgs.policydb.db import DatabaseSettings, create_engine
+from dynamic_asgs.policydb.store import PolicyStore
 from support.daemons import (
     PolicyServer,
     database_config,

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import requests
 
-from dynamic_asgs.policy.db import DatabaseSettings, create_engine
-from dynamic_asgs.policy.store import PolicyStore
+from dynamic_asgs.policydb.db import DatabaseSettings, create_engine
+from dynamic_asgs.policydb.store import PolicyStore
 from support.daemons import (
     CCStub,
     Daemon,

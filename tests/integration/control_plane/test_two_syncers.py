@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from dynamic_asgs.policy.db import DatabaseSettings, create_engine
-from dynamic_asgs.policy.lease import Lease
-from dynamic_asgs.policy.store import PolicyStore
+from dynamic_asgs.policydb.db import DatabaseSettings, create_engine
+from dynamic_asgs.policydb.store import PolicyStore
+from dynamic_asgs.syncer.lease import Lease
 from support.daemons import (
     Daemon,
     database_config,

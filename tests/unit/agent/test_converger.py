@@ -14,6 +14,7 @@ import pytest
 from dynamic_asgs.agent.converger import APP_MESSAGE, Converger
 from dynamic_asgs.agent.dataplane import Dataplane
 from dynamic_asgs.agent.metrics import AgentMetrics
+from dynamic_asgs.agent.policy_client import Result
 from dynamic_asgs.asg.model import Container
 from dynamic_asgs.asg.parse import parse_groups_document
 from dynamic_asgs.asg.translate import ChainSettings
@@ -21,7 +22,6 @@ from dynamic_asgs.errors import RefusedRequest, UpstreamError
 from dynamic_asgs.iptables.fake import FakeRunner
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.metadata_store import MetadataStore, StoreView
-from dynamic_asgs.policy.client import Result
 from support.plans import log_events
 
 

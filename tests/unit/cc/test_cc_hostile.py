@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from dynamic_asgs.cc import deadline
 from dynamic_asgs.cc.client import CloudController
-from dynamic_asgs.cc.deadline import Deadline
-from dynamic_asgs.cc.http import public_url
 from dynamic_asgs.errors import Refusal, RefusedAnswer, UpstreamError
+from dynamic_asgs.http import deadline
+from dynamic_asgs.http.client import public_url
+from dynamic_asgs.http.deadline import Deadline
 from dynamic_asgs.syncer.main import build_cc
 from dynamic_asgs.syncer.metrics import SyncerMetrics
 from dynamic_asgs.syncer.settings import load_settings

@@ -14,10 +14,10 @@ from sqlalchemy.engine import Engine
 
 from dynamic_asgs.errors import DatabaseError, LeaseLost, Refusal, RefusedAnswer, UnstableListing
 from dynamic_asgs.lager import Logger
-from dynamic_asgs.policy.db import DatabaseSettings, create_engine
-from dynamic_asgs.policy.lease import Lease
-from dynamic_asgs.policy.migrate import upgrade
+from dynamic_asgs.policydb.db import DatabaseSettings, create_engine
+from dynamic_asgs.policydb.migrate import upgrade
 from dynamic_asgs.syncer.daemon import LeaseKeeper, SyncLoop
+from dynamic_asgs.syncer.lease import Lease
 from dynamic_asgs.syncer.metrics import SyncerMetrics
 from dynamic_asgs.syncer.sync import PollResult
 from support.daemons import wait_for

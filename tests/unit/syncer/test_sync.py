@@ -12,10 +12,10 @@ import pytest
 from dynamic_asgs.errors import LeaseLost, UpstreamError
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.local.cc_stub.catalog import load_catalog
-from dynamic_asgs.policy.db import DatabaseSettings, create_engine
-from dynamic_asgs.policy.lease import Lease
-from dynamic_asgs.policy.migrate import upgrade
-from dynamic_asgs.policy.store import PolicyStore
+from dynamic_asgs.policydb.db import DatabaseSettings, create_engine
+from dynamic_asgs.policydb.migrate import upgrade
+from dynamic_asgs.policydb.store import PolicyStore
+from dynamic_asgs.syncer.lease import Lease
 from dynamic_asgs.syncer.main import build_cc
 from dynamic_asgs.syncer.metrics import SyncerMetrics
 from dynamic_asgs.syncer.settings import load_settings

@@ -1,1 +1,0 @@
-"""Policy store (SQL), leader lease and the internal security-groups API."""

@@ -1,1 +1,0 @@
-"""Alembic revisions of the policy DB schema (run through :mod:`dynamic_asgs.policy.migrate`)."""

@@ -1,0 +1,1 @@
+"""The policy-server daemon: the internal security-groups API over mutual TLS, its health endpoint and guards."""
