@@ -84,10 +84,8 @@ class Limits:
 
     * ``max_pages`` 20: at 5000 groups per page (the default ``page_size``, CC's maximum)
       10,000 groups are 2 pages and 20 pages hold 100,000. Raise it with a smaller page size.
-    * ``max_response_bytes`` 64 MiB per page: CC renders a group as about 1.5 KiB of
-      (pretty-printed) JSON, plus about 150 bytes per rule and 60 per bound space; 5000
-      groups of 30 rules and 100 bound spaces each are 5000 x (1.5 + 4.4 + 5.9) KiB, about
-      58 MiB.
+    * ``max_response_bytes`` 64 MiB per page: room for a full page of 5000 groups with
+      tens of rules and a hundred bound spaces each, in CC's pretty-printed JSON.
     * ``deadline`` 300 s for a listing, its restarts included: 10,000 groups are 2 pages
       and 3 ``last_update`` reads per attempt, at most 3 attempts; even at 30 s per page
       that is 180 s. A single ``last_update`` check gets the same deadline.

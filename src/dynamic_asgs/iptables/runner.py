@@ -17,9 +17,8 @@ Goals and the mechanism serving each:
   ``iptables-save`` output is parsed as it streams (:mod:`.saved`).
 * **Generation overlaps the tool's parsing** — chunks are small (256 lines, about
   32 KiB) and the pipe is widened to 1 MiB, so a write never waits for the tool
-  to drain a chunk it is still parsing. With the 64 KiB default pipe and
-  2,048-line chunks the two took turns: a full sync of 10k rules took 1.38x a
-  raw restore from a file; 1.10x with these settings (``bench/dataplane.py``).
+  to drain a chunk it is still parsing; with the default pipe and large chunks the
+  two took turns (``bench/dataplane.py`` prints the cost beside a raw restore).
 * **Errors at one boundary** — a tool that cannot run or fails becomes
   :class:`~dynamic_asgs.errors.IptablesError`; a refused payload becomes
   :class:`~dynamic_asgs.errors.RestoreError` with the failing line number and the

@@ -4,7 +4,7 @@ uvicorn's httptools protocol accepts request heads of any size, any number of he
 waits for the end of a head for ever; an ASGI middleware cannot help, since it runs only
 once a head is complete. Worse, httptools joins a header value's pieces by concatenating
 bytes, so a header streamed in small pieces costs time quadratic in its length: one client
-streaming an unterminated header slowed every agent to 21-30 s (issue 13).
+streaming an unterminated header slowed every agent's answers by tens of seconds (issue 13).
 :class:`GuardedHttpToolsProtocol` (uvicorn's ``http=`` class) adds, per connection:
 
 * **Whole lines only.** While a head is incomplete, received bytes are buffered here and
