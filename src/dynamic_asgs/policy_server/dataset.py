@@ -1,7 +1,6 @@
 """One dataset version in memory, indexed by space, answering the internal API's queries.
 
-Each policy-server worker holds the whole current version (``bench/control_plane.py``
-prints its size): each group's JSON object is serialised once, globally enabled groups are kept in
+Each policy-server worker holds the whole current version: each group's JSON object is serialised once, globally enabled groups are kept in
 one list and bound groups in a space -> ids index, so a query is a few set unions and a
 join of ready bytes, never a DB round trip.
 
