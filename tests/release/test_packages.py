@@ -130,4 +130,4 @@ def test_the_package_has_pyprojects_console_scripts(compiled_packages: dict[str,
     version, path = result.stdout.split()
     assert version == tomllib.loads((RELEASE / "pyproject.toml").read_text())["project"]["version"]
     assert path.startswith(str(venv)), "the project is installed in the package, not found elsewhere"
-    assert (Path(path).parent / "policy" / "config_schema.json").is_file(), "package data comes along"
+    assert (Path(path).parent / "policy_server" / "config_schema.json").is_file(), "package data comes along"
