@@ -144,8 +144,8 @@ def test_forced_orphan_cleanup_after_the_cni_deleted_a_container(env: Cell) -> N
 
 def test_a_restarted_agent_over_a_correct_table_writes_nothing(env: Cell, tmp_path: Path) -> None:
     wire(env, "a", "b", "c")
-    containers = [{"handle": h, "space": s, "index": env.containers[h].index}
-                  for h, s in (("a", "to-d1"), ("b", "to-d2"), ("c", "to-d1"))]
+    containers: list[dict[str, Any]] = [{"handle": h, "space": s, "index": env.containers[h].index}
+                                         for h, s in (("a", "to-d1"), ("b", "to-d2"), ("c", "to-d1"))]
     dp, _ = dataplane(env.runners())
     assert dp.apply({c["handle"]: planned(env, c["handle"], c["space"]) for c in containers}).ok
     calls = tmp_path / "calls.log"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ from support.env import BACKENDS, require_backend
 from support.plans import container, dataplane, groups_for, plan
 
 D = "198.18.1."
-SPACES = {
+SPACES: dict[str, list[dict[str, Any]]] = {
     "ports": [{"protocol": "tcp", "destination": D + "1", "ports": "80,443"},
               {"protocol": "tcp", "destination": D + "2", "ports": "1000-2000"},
               {"protocol": "udp", "destination": D + "1", "ports": "53, 1500"}],
