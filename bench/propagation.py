@@ -81,7 +81,7 @@ def _sim_worker(config_file: str, handles: list[str]) -> int:
             table.create_chain(chains.netout_chain_name(handle), [f"-j {reject}"])
         return FakeRunner(version, table)
 
-    command.IptablesRunner = fake_runner  # type: ignore[assignment,misc]
+    command.IptablesRunner = fake_runner  # type: ignore[attr-defined,assignment]
     return command.run(ap.Namespace(config_file=config_file))
 
 
@@ -188,8 +188,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             daemon = start_sim_agent(tmp / f"sim-{n}", plane.policy, n, args.containers, spaces)
             stack.callback(daemon.stop)
             sims.append(UpdateLog(daemon, args.containers))
-        # Stop them together (each agent may take a few seconds to end its blocking query).
-        stack.callback(lambda: [os.kill(log.daemon.pid, signal.SIGTERM) for log in sims if log.daemon.running()])
+
+        def stop_together() -> None:  # each agent may take a few seconds to end its blocking query
+            for log in sims:
+                if log.daemon.running():
+                    os.kill(log.daemon.pid, signal.SIGTERM)
+
+        stack.callback(stop_together)
         logs = [real_log, *sims]
         wait_for(lambda: all(log.enforced_at() for log in logs), timeout=60 + args.cells,
                  what="every agent's first cycle")

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tarfile
 import tomllib
+from importlib.machinery import SourceFileLoader
+from importlib.util import module_from_spec, spec_from_loader
 from pathlib import Path
 
 import yaml
@@ -97,3 +99,36 @@ def test_a_wrong_tarball_is_refused_and_nothing_changes(release_blobs: Path, tmp
         assert message in result.stderr and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     assert blobs_yml.read_bytes() == before
+
+
+def test_cpython_comes_from_the_machine_s_apt_sources_read_as_deb_src(tmp_path: Path) -> None:
+    """Both formats: every option and field kept, `deb` read as `deb-src`, disabled and other lines left out."""
+    loader = SourceFileLoader("create_blobs", str(SCRIPT))
+    spec = spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = module_from_spec(spec)
+    loader.exec_module(module)
+    parts = tmp_path / "sources.list.d"
+    parts.mkdir()
+    (tmp_path / "sources.list").write_text(
+        "# a comment\ndeb [signed-by=/k.gpg arch=amd64] http://mirror.example/debian bookworm main contrib\n"
+        "deb-src http://mirror.example/debian bookworm main\n\n")
+    (parts / "extra.list").write_text(
+        "deb http://mirror.example/debian bookworm main contrib\n"
+        "deb-src [signed-by=/k.gpg arch=amd64] http://mirror.example/debian bookworm main contrib\n")
+    (parts / "off.list.disabled").write_text("deb http://elsewhere.example/debian bookworm main\n")
+    (parts / "debian.sources").write_text(
+        "Types: deb\n# kept out\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\nSigned-By: /k.gpg\n\n"
+        "Types: deb deb-src\nURIs: http://mirror.example/security\nSuites: bookworm-security\nComponents: main\n"
+        "Enabled: no\n\n"
+        "Types: rpm\nURIs: http://elsewhere.example\n")
+    lines, stanzas = module.source_entries(tmp_path / "sources.list", parts)
+    assert lines == ["deb-src [signed-by=/k.gpg arch=amd64] http://mirror.example/debian bookworm main contrib",
+                     "deb-src http://mirror.example/debian bookworm main",
+                     "deb-src http://mirror.example/debian bookworm main contrib"]
+    assert stanzas == [
+        "Types: deb-src\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n"
+        "Signed-By: /k.gpg",
+        "Types: deb-src\nURIs: http://mirror.example/security\nSuites: bookworm-security\nComponents: main\n"
+        "Enabled: no"]

@@ -52,6 +52,11 @@ def planned(c: Cell, handle: str, space: str, settings: ChainSettings | None = N
     return plan(container(handle, space, index=c.containers[handle].index), INDEX, settings)
 
 
+def counters(c: Cell, chain: str) -> dict[str, int]:
+    """The packet counter of each IPv4 rule of ``chain``, keyed by the rule (so found by what it matches)."""
+    return dict(zip(c.rules(4, chain), c.packets(4, chain), strict=True))
+
+
 def test_live_update_applies_to_running_containers_without_touching_others(env: Cell) -> None:
     wire(env, "a", "b")
     dp, _ = dataplane(env.runners())
@@ -59,8 +64,9 @@ def test_live_update_applies_to_running_containers_without_touching_others(env: 
     assert dp.apply(desired).ok
     assert env.probe("a", "open", D1, 80, conn="kept") == "ok"
     assert env.probe("b", "tcp", D1, 80) == "ok"
-    b_chain, b_packets = env.rules(4, "asg-b"), env.packets(4, "asg-b")
-    assert b_packets[0] + b_packets[2] > 0
+    b_counters = counters(env, "asg-b")
+    b_allow = next(rule for rule in b_counters if D1 in rule and "--dport 80 -j ACCEPT" in rule)
+    assert b_counters[b_allow] > 0  # b's connection went through its allow rule
 
     report = dp.apply({**desired, "a": planned(env, "a", "to-d2")})
 
@@ -68,7 +74,7 @@ def test_live_update_applies_to_running_containers_without_touching_others(env: 
     assert env.probe("a", "tcp", D1, 80) == "refused"  # allowed a moment ago
     assert env.probe("a", "tcp", D2, 80) == "ok"  # newly allowed
     assert env.probe("a", "send", D1, conn="kept") == "ok"  # established flows keep going
-    assert env.rules(4, "asg-b") == b_chain and env.packets(4, "asg-b") == b_packets  # b untouched
+    assert counters(env, "asg-b") == b_counters  # b untouched: the same rules, their counters kept
     assert env.probe("b", "tcp", D1, 80) == "ok"
 
 
@@ -138,8 +144,8 @@ def test_forced_orphan_cleanup_after_the_cni_deleted_a_container(env: Cell) -> N
 
 def test_a_restarted_agent_over_a_correct_table_writes_nothing(env: Cell, tmp_path: Path) -> None:
     wire(env, "a", "b", "c")
-    containers = [{"handle": h, "space": s, "index": env.containers[h].index}
-                  for h, s in (("a", "to-d1"), ("b", "to-d2"), ("c", "to-d1"))]
+    containers: list[dict[str, Any]] = [{"handle": h, "space": s, "index": env.containers[h].index}
+                                         for h, s in (("a", "to-d1"), ("b", "to-d2"), ("c", "to-d1"))]
     dp, _ = dataplane(env.runners())
     assert dp.apply({c["handle"]: planned(env, c["handle"], c["space"]) for c in containers}).ok
     calls = tmp_path / "calls.log"

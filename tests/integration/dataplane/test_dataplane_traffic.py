@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ from support.env import BACKENDS, require_backend
 from support.plans import container, dataplane, groups_for, plan
 
 D = "198.18.1."
-SPACES = {
+SPACES: dict[str, list[dict[str, Any]]] = {
     "ports": [{"protocol": "tcp", "destination": D + "1", "ports": "80,443"},
               {"protocol": "tcp", "destination": D + "2", "ports": "1000-2000"},
               {"protocol": "udp", "destination": D + "1", "ports": "53, 1500"}],
@@ -111,9 +112,26 @@ def test_everything_else_is_refused(traffic: Cell, case: tuple[str, str, str, in
 
 
 def test_established_traffic_flows_both_ways(traffic: Cell) -> None:
-    assert traffic.probe("ports", "open", D + "1", 80, conn="a") == "ok"
+    """Open while allowed, tighten, send: the open connection still flows both ways, new ones are refused.
+
+    Once the allow is gone only the RELATED,ESTABLISHED accept lets the container's packets of
+    the open connection through its chain (the echoes come back without crossing it).
+    """
+    handle = "established"  # a container of its own: tightening its rules leaves the other cases alone
+    index = traffic.add_container(handle).index
+    traffic.hook(handle)
+    dp, _ = dataplane(traffic.runners())
+    allowed = plan(container(handle, "ports", index=index), groups_for(SPACES))
+    assert dp.apply({handle: allowed}, complete=False).ok
+    assert traffic.probe(handle, "open", D + "1", 80, conn="kept") == "ok"
+    assert traffic.probe(handle, "send", D + "1", conn="kept") == "ok"
+
+    tightened = plan(container(handle, "no-groups", index=index), groups_for(SPACES))
+    report = dp.apply({handle: tightened}, complete=False)
+    assert report.ok and handle in report.changed
+    assert traffic.probe(handle, "tcp", D + "1", 80) == "refused"
     for _ in range(3):
-        assert traffic.probe("ports", "send", D + "1", conn="a") == "ok"
+        assert traffic.probe(handle, "send", D + "1", conn="kept") == "ok"
 
 
 def test_log_rules_are_reached(traffic: Cell) -> None:
