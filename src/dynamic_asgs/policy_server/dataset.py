@@ -1,8 +1,8 @@
 """One dataset version in memory, indexed by space, answering the internal API's queries.
 
-Each policy-server worker holds the whole current version: each group's JSON object is serialised once, globally enabled groups are kept in
-one list and bound groups in a space -> ids index, so a query is a few set unions and a
-join of ready bytes, never a DB round trip.
+Each policy-server worker holds the whole current version: each group's JSON object is
+serialised once, globally enabled groups are kept in one list and bound groups in a
+space -> ids index, so a query is a few set unions and a join of ready bytes, never a DB round trip.
 
 Semantics (DESIGN.md §3.3, with the Go server's paging faults fixed): the answer holds the
 globally enabled groups (running or staging) plus every group bound to a listed space
