@@ -37,13 +37,14 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 from dynamic_asgs.errors import IptablesError, RestoreError
 from dynamic_asgs.filelock import locked
+from dynamic_asgs.iptables.counters import parse_final_rejects
 from dynamic_asgs.iptables.saved import SavedTable, count_listing_lines, parse_chain_listing, parse_save
 
 __all__ = ["BACKENDS", "IptablesRunner", "RestoreStats", "Runner", "commands_for", "error_context"]
@@ -57,6 +58,7 @@ _LINE_RES = (re.compile(r"line (\d+) failed"), re.compile(r"Error occurred at li
 _NO_CHAIN = ("No chain/target/match by that name", "is incompatible, use 'nft' tool", "does not exist")
 #: Up to this many chains are listed one by one (``-S``); more are read with one save.
 _LISTED_ONE_BY_ONE = 4
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,19 +157,27 @@ class IptablesRunner:
 
     def save(self) -> SavedTable:
         """Read and parse the filter table (under the lock)."""
-        cmd = [*self.prefix, self.save_cmd, "-t", "filter"]
+        return self._stream_save(["-t", "filter"], parse_save)
+
+    def final_reject_packets(self, prefix: str) -> dict[str, int]:
+        """Per filter chain named ``prefix...``, the packets its final REJECT counted (one save, under the lock)."""
+        return self._stream_save(["-c", "-t", "filter"], lambda lines: parse_final_rejects(lines, prefix))
+
+    def _stream_save(self, args: list[str], parse: Callable[[Iterable[str]], _T]) -> _T:
+        """Run ``<save> args`` under the lock and parse its output as it streams (then drain the rest)."""
+        cmd = [*self.prefix, self.save_cmd, *args]
         with locked(self.lock_file, timeout=self.lock_timeout), tempfile.TemporaryFile() as err:
             proc = self._spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
                                errors="replace", bufsize=1 << 16)
             assert proc.stdout is not None
             with _Watchdog(proc, self.timeout, cmd) as dog, proc.stdout as out:
-                table = parse_save(out)
-                for _ in out:  # drain: the parser stops at COMMIT
+                result = parse(out)
+                for _ in out:  # drain: a parser may stop at COMMIT
                     pass
                 status = dog.wait()
             if status != 0:
                 raise IptablesError(f"{self.save_cmd} failed (exit {status}): {_reason(_read(err))}")
-        return table
+        return result
 
     def read_chains(self, names: Collection[str]) -> SavedTable:
         """Read only ``names``: ``<iptables> -S <chain>`` each, or one save when there are many.
@@ -223,17 +233,7 @@ class IptablesRunner:
         netmon's count: one ``iptables-save`` read streamed through
         :func:`~dynamic_asgs.iptables.saved.count_listing_lines`, never a per-rule walk.
         """
-        cmd = [*self.prefix, self.save_cmd]
-        with locked(self.lock_file, timeout=self.lock_timeout), tempfile.TemporaryFile() as err:
-            proc = self._spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
-                               errors="replace", bufsize=1 << 16)
-            assert proc.stdout is not None
-            with _Watchdog(proc, self.timeout, cmd) as dog, proc.stdout as out:
-                counts = count_listing_lines(out)
-                status = dog.wait()
-            if status != 0:
-                raise IptablesError(f"{self.save_cmd} failed (exit {status}): {_reason(_read(err))}")
-        return counts
+        return self._stream_save([], count_listing_lines)
 
     def restore(self, payload: Iterable[str]) -> RestoreStats:
         """Stream ``payload`` into ``<restore> -w <s> --noflush`` (under the lock); raise on refusal."""

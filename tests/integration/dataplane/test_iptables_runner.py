@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,3 +109,19 @@ def test_read_chains_reads_just_those_chains(ns: tuple[str, str], tmp_path: Path
     part = r.read_chains(names)
     assert part.chains == set(names[1:])  # the first does not exist
     assert all(part.info[n].rules == 2 and part.info[n].established for n in names[1:])
+
+
+def test_final_reject_counters_count_what_each_asg_chain_refused(ns: tuple[str, str], tmp_path: Path) -> None:
+    r = runner(ns, tmp_path)
+    subprocess.run(["ip", "netns", "exec", ns[0], "ip", "link", "set", "lo", "up"], check=True)
+    r.restore(["*filter", ":asg-a - [0:0]", ":asg-b - [0:0]", ":netout--a - [0:0]",
+               "-A asg-a -p udp --dport 7 -j ACCEPT", "-A asg-a -j REJECT --reject-with icmp-port-unreachable",
+               "-A asg-b -j ACCEPT", "-A netout--a -j REJECT",
+               "-A OUTPUT -o lo -p udp --dport 7:9 -j asg-a", "COMMIT"])
+    send = ("import contextlib, socket\n"
+            "for port in (9, 9, 9, 7, 8):\n"
+            "    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):\n"
+            "        s.sendto(b'x', ('127.0.0.1', port))")  # a refused send fails at once (EPERM): keep sending
+    subprocess.run(["ip", "netns", "exec", ns[0], sys.executable, "-c", send], check=True, timeout=30)
+    assert r.final_reject_packets("asg-") == {"asg-a": 4}  # 9, 9, 9 and 8 refused; 7 accepted; asg-b ends in ACCEPT
+    assert r.final_reject_packets("netout--") == {"netout--a": 0}
