@@ -144,7 +144,7 @@ class Dataplane:
             started = time.monotonic()
             renderer, now = Renderer(), self._clock()
             refused, adopt_only = _collisions(desired, self._incumbent)
-            kept_names = {n for h in keep for n in (*chains.chain_names(h), "c" + chains.asg_chain_name(h))}
+            kept_names = {n for h in keep for n in (*chains.chain_names(h), chains.candidate_chain_name(h))}
             protected = frozenset(chains.netout_chain_name(h) for h in keep)
             runs = {}
             for version, state in self._states.items():
@@ -163,7 +163,7 @@ class Dataplane:
     def apply_one(self, plan: ContainerChains) -> ApplyReport:
         """A forced sync of one container: writes its chains (only them), whatever the cache says."""
         handle = plan.container.handle
-        asg = chains.asg_chain_name(handle)
+        asg, candidate = chains.asg_chain_name(handle), chains.candidate_chain_name(handle)
         with self._lock:
             started = time.monotonic()
             rivals = sorted(h for h, names in self._enforced_names().items()
@@ -176,7 +176,7 @@ class Dataplane:
             runs = {}
             for version, state in self._states.items():
                 family = _family(plan, version)
-                own = {"c" + asg} if family is not None else {asg, "c" + asg}
+                own = {candidate} if family is not None else {asg, candidate}
                 spec = SweepSpec(_present(own))
                 wanted = {handle: family} if family is not None else {}
                 runs[version] = self._run(state, wanted, renderer, now, spec, force={handle})
@@ -213,8 +213,7 @@ class Dataplane:
     def remove_orphans(self, live_handles: Collection[str]) -> ApplyReport:
         """Delete the ASG chains of every container not in ``live_handles`` (closing their parents)."""
         live = set(live_handles)
-        keep = {chains.asg_chain_name(h) for h in live}
-        keep |= {"c" + name for name in keep}
+        keep = {name for h in live for name in (chains.asg_chain_name(h), chains.candidate_chain_name(h))}
         protected = frozenset(chains.netout_chain_name(h) for h in live)
         with self._lock:
             started = time.monotonic()

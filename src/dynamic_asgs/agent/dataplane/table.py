@@ -41,6 +41,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
+from dynamic_asgs.asg.chains import is_owned_chain
 from dynamic_asgs.asg.translate import FamilyChains
 from dynamic_asgs.iptables.render import Renderer
 from dynamic_asgs.iptables.saved import ChainInfo, SavedTable
@@ -174,7 +175,7 @@ class KernelTable:
 
     def owned(self) -> list[str]:
         """Every ASG chain in the table (ours, ``asg-``, and Go candidates, ``casg-``)."""
-        return [name for name in self.info if name.startswith(("asg-", "casg-"))]
+        return [name for name in self.info if is_owned_chain(name)]
 
     def commit(self, writes: Collection[Write], closes: Collection[str], deletes: Collection[str]) -> None:
         """Record what a successful restore did."""
