@@ -47,6 +47,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
+from typing import assert_never
 
 from dynamic_asgs.asg import chains
 from dynamic_asgs.asg.translate import ContainerChains, FamilyChains
@@ -54,11 +55,11 @@ from dynamic_asgs.iptables.render import Renderer
 from dynamic_asgs.iptables.runner import Runner
 from dynamic_asgs.lager import Logger
 
-from .cycle import FamilyCycle, FamilyState, SweepSpec
+from .cycle import FamilyCycle, FamilyResult, FamilyState, Outcome, SweepSpec
 from .fingerprints import FingerprintFile
 from .report import AppliedContainer, AppliedFamily, ApplyReport
 from .settle import Settler, SettleSettings
-from .table import KernelTable
+from .table import KernelCache, KernelTable
 
 __all__ = ["Dataplane"]
 
@@ -124,8 +125,9 @@ class Dataplane:
         self._log = logger.session("dataplane")
         self._fingerprints = FingerprintFile(fingerprint_file, logger) if fingerprint_file else None
         kept = self._fingerprints.load() if self._fingerprints else {}
-        self._states = {v: FamilyState(runners[v], settler=Settler(settle or SettleSettings()),
-                                       baseline=kept.get(v, {})) for v in sorted(runners)}
+        self._states = {v: FamilyState(runners[v], KernelCache(v, self._log),
+                                       settler=Settler(settle or SettleSettings()), baseline=kept.get(v, {}))
+                        for v in sorted(runners)}
         self._clock = clock
         self._max_restores = max_restores
         self._lock = threading.Lock()
@@ -245,15 +247,15 @@ class Dataplane:
                         a.digest, a.family.accept_count, a.at, a.adopted, a.verified_at)
             return {h: AppliedContainer(h, f) for h, f in families.items()}
 
-    def invalidate(self) -> None:
-        """Forget what the kernel holds: the next call reads the table again."""
+    def invalidate(self, reason: str = "a whole-table read was asked for") -> None:
+        """Forget what the kernel holds (``reason`` is logged): the next call reads the table again."""
         with self._lock:
             for state in self._states.values():
-                state.kernel = None
+                state.cache.invalidate(reason)
 
     def kernel(self, version: int) -> KernelTable | None:
         """The cached view of one family's table (None until read); for status pages and tests."""
-        return self._states[version].kernel
+        return self._states[version].cache.table
 
     # -- internals ---------------------------------------------------------------------
 
@@ -266,26 +268,33 @@ class Dataplane:
         spec: SweepSpec | None,
         force: Collection[str] = (),
         adopt_only: Collection[str] = (),
-    ) -> FamilyCycle:
+    ) -> FamilyResult:
         cycle = FamilyCycle(state, wanted=wanted, renderer=renderer, logger=self._log, now=now,
                             max_restores=self._max_restores, sweep=spec, force=force, adopt_only=adopt_only)
-        cycle.run()
-        return cycle
+        return cycle.run()
 
     def _finish(
-        self, kind: str, runs: Mapping[int, FamilyCycle], total: int, started: float, *, prune_logged: bool,
+        self, kind: str, runs: Mapping[int, FamilyResult], total: int, started: float, *, prune_logged: bool,
         refused: Mapping[str, str] | None = None,
     ) -> ApplyReport:
         touched: set[str] = set()
+        adopted: set[str] = set()
         skipped: dict[str, list[str]] = {}
         failed: dict[str, list[str]] = {}
         for version, run in runs.items():
-            touched.update(run.outcome)
-            for handle, outcome in run.outcome.items():
-                if outcome in ("skipped", "failed"):
-                    target = skipped if outcome == "skipped" else failed
-                    target.setdefault(handle, []).append(f"IPv{version}: {run.reasons[handle]}")
-        adopted = {h for run in runs.values() for h, o in run.outcome.items() if o == "adopted"}
+            touched.update(run.outcomes)
+            for handle, outcome in run.outcomes.items():
+                match outcome:
+                    case Outcome.ADOPTED:
+                        adopted.add(handle)
+                    case Outcome.CHANGED:
+                        pass  # reported through run.changes
+                    case Outcome.SKIPPED:
+                        skipped.setdefault(handle, []).append(f"IPv{version}: {run.reasons[handle]}")
+                    case Outcome.FAILED:
+                        failed.setdefault(handle, []).append(f"IPv{version}: {run.reasons[handle]}")
+                    case _:
+                        assert_never(outcome)
         report = ApplyReport(
             kind=kind,
             changes=tuple(c for run in runs.values() for c in run.changes),
@@ -298,7 +307,7 @@ class Dataplane:
             deferred={c: r for run in runs.values() for c, r in run.deferred.items()},
             refused=dict(refused or {}),
             drifted={h: f"IPv{v}: {r}" for v, run in runs.items() for h, r in run.drifted.items()},
-            families={v: run.report() for v, run in runs.items()},
+            families={v: run.report for v, run in runs.items()},
             seconds=time.monotonic() - started,
         )
         self._log_report(report, prune_logged)
