@@ -46,6 +46,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
+from enum import Enum
 from pathlib import Path
 from typing import assert_never
 
@@ -57,11 +58,19 @@ from dynamic_asgs.lager import Logger
 
 from .cycle import FamilyCycle, FamilyResult, FamilyState, Outcome, SweepSpec
 from .fingerprints import FingerprintFile
-from .report import AppliedContainer, AppliedFamily, ApplyReport
+from .report import AppliedContainer, AppliedFamily, ApplyReport, CallKind
 from .settle import Settler, SettleSettings
 from .table import KernelCache, KernelTable
 
 __all__ = ["Dataplane"]
+
+
+class _Note(Enum):
+    """A per-container or per-chain condition logged once per reason, not every cycle."""
+
+    SKIPPED = "skipped"
+    DEFERRED = "deferred"
+    REFUSED = "refused"
 
 
 def _family(plan: ContainerChains, version: int) -> FamilyChains | None:
@@ -131,7 +140,7 @@ class Dataplane:
         self._clock = clock
         self._max_restores = max_restores
         self._lock = threading.Lock()
-        self._logged: dict[str, str] = {}
+        self._logged: dict[tuple[_Note, str], str] = {}
 
     def apply(self, desired: Mapping[str, ContainerChains], *, complete: bool = True,
               keep: Mapping[str, str] | None = None) -> ApplyReport:
@@ -159,7 +168,7 @@ class Dataplane:
                     state.prune(set(wanted).union(keep).__contains__)
             refused |= {h: "its chain names are shared with another container not enforced yet: neither is "
                            "written until one is found in the kernel" for h in adopt_only if not self._incumbent(h)}
-            return self._finish("full" if complete else "partial", runs, len(desired), started,
+            return self._finish(CallKind.FULL if complete else CallKind.PARTIAL, runs, len(desired), started,
                                 prune_logged=complete, refused={**refused, **keep})
 
     def apply_one(self, plan: ContainerChains) -> ApplyReport:
@@ -173,7 +182,7 @@ class Dataplane:
             if rivals:
                 reason = (f"its chain names are those of container {', '.join(rivals)}: refused, "
                           "the other is left as it is")
-                return self._finish("one", {}, 1, started, prune_logged=False, refused={handle: reason})
+                return self._finish(CallKind.ONE, {}, 1, started, prune_logged=False, refused={handle: reason})
             renderer, now = Renderer(), self._clock()
             runs = {}
             for version, state in self._states.items():
@@ -184,7 +193,7 @@ class Dataplane:
                 runs[version] = self._run(state, wanted, renderer, now, spec, force={handle})
                 if family is None:
                     state.prune(lambda h: h != handle)
-            return self._finish("one", runs, 1, started, prune_logged=False)
+            return self._finish(CallKind.ONE, runs, 1, started, prune_logged=False)
 
     def settle(self, desired: Mapping[str, ContainerChains]) -> ApplyReport:
         """Look again at waiting and watched containers (``desired`` holds their plans); write those ready.
@@ -224,7 +233,7 @@ class Dataplane:
             for version, state in self._states.items():
                 runs[version] = self._run(state, {}, renderer, now, SweepSpec(_orphans_except(keep), protected))
                 state.prune(live.__contains__)
-            return self._finish("orphans", runs, 0, started, prune_logged=False)
+            return self._finish(CallKind.ORPHANS, runs, 0, started, prune_logged=False)
 
     def _incumbent(self, handle: str) -> bool:
         return any(handle in state.applied for state in self._states.values())
@@ -274,7 +283,7 @@ class Dataplane:
         return cycle.run()
 
     def _finish(
-        self, kind: str, runs: Mapping[int, FamilyResult], total: int, started: float, *, prune_logged: bool,
+        self, kind: CallKind, runs: Mapping[int, FamilyResult], total: int, started: float, *, prune_logged: bool,
         refused: Mapping[str, str] | None = None,
     ) -> ApplyReport:
         touched: set[str] = set()
@@ -316,17 +325,21 @@ class Dataplane:
         return report
 
     def _log_report(self, report: ApplyReport, prune: bool) -> None:
-        notes = {**{f"container:{h}": r for h, r in report.skipped.items()},
-                 **{f"chain:{c}": r for c, r in report.deferred.items()},
-                 **{f"refused:{h}": r for h, r in report.refused.items()}}
+        notes = {**{(_Note.SKIPPED, h): r for h, r in report.skipped.items()},
+                 **{(_Note.DEFERRED, c): r for c, r in report.deferred.items()},
+                 **{(_Note.REFUSED, h): r for h, r in report.refused.items()}}
         for key, reason in notes.items():
             if self._logged.get(key) != reason:  # once per reason, not every cycle
-                kind, _, name = key.partition(":")
-                if kind == "refused":
-                    self._log.error("container-refused", reason, {"handle": name})
-                else:
-                    event = "container-skipped" if kind == "container" else "orphan-deferred"
-                    self._log.info(event, {"handle" if kind == "container" else "chain": name, "reason": reason})
+                note, name = key
+                match note:
+                    case _Note.SKIPPED:
+                        self._log.info("container-skipped", {"handle": name, "reason": reason})
+                    case _Note.DEFERRED:
+                        self._log.info("orphan-deferred", {"chain": name, "reason": reason})
+                    case _Note.REFUSED:
+                        self._log.error("container-refused", reason, {"handle": name})
+                    case _:
+                        assert_never(note)
                 self._logged[key] = reason
         for handle, reason in report.drifted.items():
             self._log.error("chain-drift-repaired", reason, {"handle": handle})
