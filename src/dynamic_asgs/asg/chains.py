@@ -4,6 +4,21 @@ Names and argv tokens match silk-cni and the Go vxlan-policy-agent exactly
 (DESIGN.md §3.5), so that tables written by either look the same to operators
 and to tools that grep them. iptables limits chain names to 28 characters.
 
+This module owns the chain name space: every prefix and suffix, every name
+derivation and every ownership predicate ("is this an ASG chain", "is this a parent",
+"which chains does the agent track") is defined here and imported by the CNI, the
+agent's dataplane and the ``iptables-save`` reader, so that they cannot disagree:
+
+* ``netout--<h>`` — a container's parent chain, created by the CNI
+  (:func:`netout_chain_name`, :func:`is_parent_chain`);
+* ``asg-<h>`` — its ASG chain, written by the agent (:func:`asg_chain_name`), and
+  ``casg-<h>``, the Go agent's candidate chain, swept as a leftover
+  (:func:`candidate_chain_name`); both are "owned" (:func:`is_owned_chain`);
+* ``netout--<h>--log`` and ``netout--<h>--rl-log`` — its helper log chains
+  (:func:`log_chain_name`, :func:`rate_limit_log_chain_name`, :func:`is_helper_chain`);
+* all of the above are "tracked": the agent reads their rules and references
+  (:func:`is_tracked_chain`).
+
 Names keep only a handle's first characters, so two handles can share one: the
 one definition of "a container's chain names" (:func:`chain_names`) and of "two
 containers collide" (:func:`collide`) is here, for the CNI (which refuses an ADD
@@ -18,17 +33,27 @@ import math
 from dynamic_asgs.asg.model import ANY, IPRange, PortRange
 
 __all__ = [
+    "ASG_PREFIX",
+    "CANDIDATE_PREFIX",
+    "HELPER_SUFFIXES",
     "MAX_CHAIN_NAME",
+    "NETOUT_PREFIX",
+    "OWNED_PREFIXES",
+    "TRACKED_PREFIXES",
     "Argv",
     "accept",
     "asg_chain_name",
+    "candidate_chain_name",
     "chain_names",
     "collide",
     "conn_limit",
     "deny_log",
     "deny_network",
     "invalid_drop",
+    "is_helper_chain",
     "is_owned_chain",
+    "is_parent_chain",
+    "is_tracked_chain",
     "jump",
     "log_chain_name",
     "log_chain_rules",
@@ -43,10 +68,26 @@ Argv = tuple[str, ...]
 MAX_CHAIN_NAME = 28
 _LOG_PREFIX_MAX = 28
 
+#: A container's parent chain (the CNI's), and the stem of its helper log chains.
+NETOUT_PREFIX = "netout--"
+#: A container's ASG chain (ours, and silk's / the Go agent's).
+ASG_PREFIX = "asg-"
+#: The Go agent's candidate ASG chain (built beside the live one, then renamed): a leftover to sweep.
+_CANDIDATE_MARK = "c"
+CANDIDATE_PREFIX = _CANDIDATE_MARK + ASG_PREFIX
+_LOG_SUFFIX = "log"
+_RATE_LIMIT_LOG_SUFFIX = "rl-log"
+#: How a helper log chain's name ends (after its ``netout--`` stem).
+HELPER_SUFFIXES = (f"--{_LOG_SUFFIX}", f"--{_RATE_LIMIT_LOG_SUFFIX}")
+#: ASG chains: what the agent writes and deletes as orphans.
+OWNED_PREFIXES = (ASG_PREFIX, CANDIDATE_PREFIX)
+#: Chains whose rules and references the agent reads back (:mod:`dynamic_asgs.iptables.saved`).
+TRACKED_PREFIXES = (*OWNED_PREFIXES, NETOUT_PREFIX)
+
 
 def netout_chain_name(handle: str) -> str:
     """The container's parent chain, created by the CNI: ``netout--<handle>`` cut to 28."""
-    return f"netout--{handle}"[:MAX_CHAIN_NAME]
+    return f"{NETOUT_PREFIX}{handle}"[:MAX_CHAIN_NAME]
 
 
 def _postfix(body: str, suffix: str) -> str:
@@ -55,17 +96,22 @@ def _postfix(body: str, suffix: str) -> str:
 
 def log_chain_name(handle: str) -> str:
     """The container's ASG log chain: ``netout--<handle cut to 23>--log``."""
-    return _postfix(netout_chain_name(handle), "log")
+    return _postfix(netout_chain_name(handle), _LOG_SUFFIX)
 
 
 def rate_limit_log_chain_name(handle: str) -> str:
     """The container's outbound-connection-limit log chain (``...--rl-log``)."""
-    return _postfix(netout_chain_name(handle), "rl-log")
+    return _postfix(netout_chain_name(handle), _RATE_LIMIT_LOG_SUFFIX)
 
 
 def asg_chain_name(handle: str) -> str:
     """``asg-`` + the handle without a leading ``check-`` and without dashes, cut to 20."""
-    return "asg-" + handle.removeprefix("check-").replace("-", "")[:20]
+    return ASG_PREFIX + handle.removeprefix("check-").replace("-", "")[:20]
+
+
+def candidate_chain_name(handle: str) -> str:
+    """The Go agent's candidate ASG chain for the container: ``c`` + its ASG chain name."""
+    return _CANDIDATE_MARK + asg_chain_name(handle)
 
 
 def chain_names(handle: str, *, rate_limit_log: bool = True) -> tuple[str, ...]:
@@ -86,7 +132,22 @@ def collide(handle: str, other: str, *, rate_limit_log: bool = True) -> bool:
 
 def is_owned_chain(name: str) -> bool:
     """Whether a chain is an ASG chain (ours or a Go agent's candidate ``casg-``)."""
-    return name.startswith(("asg-", "casg-"))
+    return name.startswith(OWNED_PREFIXES)
+
+
+def is_tracked_chain(name: str) -> bool:
+    """Whether the agent reads a chain's rules and references: an ASG chain or any ``netout--`` chain."""
+    return name.startswith(TRACKED_PREFIXES)
+
+
+def is_helper_chain(name: str) -> bool:
+    """Whether ``name`` is a container's ASG log chain (``netout--<h>--log`` or ``--rl-log``)."""
+    return name.startswith(NETOUT_PREFIX) and name.endswith(HELPER_SUFFIXES)
+
+
+def is_parent_chain(name: str) -> bool:
+    """Whether ``name`` is a container's parent chain (``netout--<h>``, not one of its log chains)."""
+    return name.startswith(NETOUT_PREFIX) and not is_helper_chain(name)
 
 
 def _reject_with(version: int) -> str:

@@ -5,7 +5,8 @@ their arguments), so nothing here compares rules. It reads only what identifies
 our chains and what links them:
 
 * every chain name (so the agent knows which CNI parent chains exist);
-* for the chains we track (``asg-``, ``casg-``, ``netout--``): the number of rules,
+* for the chains we track (``asg-``, ``casg-``, ``netout--``:
+  :func:`~dynamic_asgs.asg.chains.is_tracked_chain`): the number of rules,
   the ``dasg:<hash>`` comment on the first rule (see :mod:`.render`), whether a rule
   accepts RELATED,ESTABLISHED traffic (the mark of the static rules a CNI inserts into
   a parent chain; our own parents never hold one), and a fingerprint of the rules'
@@ -24,19 +25,12 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from dynamic_asgs.asg.chains import TRACKED_PREFIXES
 from dynamic_asgs.iptables.render import HASH_RE
 
-__all__ = ["TRACKED_PREFIXES", "ChainInfo", "SavedTable", "count_listing_lines", "is_tracked", "jump_target",
-           "parse_chain_listing", "parse_save"]
+__all__ = ["ChainInfo", "SavedTable", "count_listing_lines", "jump_target", "parse_chain_listing", "parse_save"]
 
-#: Chains whose rules and references the agent needs to know about.
-TRACKED_PREFIXES = ("asg-", "casg-", "netout--")
 _ESTABLISHED = "RELATED,ESTABLISHED"
-
-
-def is_tracked(name: str) -> bool:
-    """Whether ``name`` is an ASG chain (ours or a Go candidate) or a ``netout--`` chain."""
-    return name.startswith(TRACKED_PREFIXES)
 
 
 @dataclass(slots=True)

@@ -50,6 +50,18 @@ def test_chain_names_follow_silk() -> None:
     assert chains.rate_limit_log_chain_name(HANDLE) == "netout--32a7bfc2-699--rl-log"
     for name in (chains.log_chain_name(HANDLE * 3), chains.rate_limit_log_chain_name(HANDLE * 3)):
         assert len(name) <= 28
+    assert chains.candidate_chain_name("check-32a7bfc2-699f-495b-51b6-3e18") == "casg-32a7bfc2699f495b51b6"
+
+
+def test_chain_kinds() -> None:
+    names = {"netout": chains.netout_chain_name(HANDLE), "asg": chains.asg_chain_name(HANDLE),
+             "casg": chains.candidate_chain_name(HANDLE), "log": chains.log_chain_name(HANDLE),
+             "rl-log": chains.rate_limit_log_chain_name(HANDLE), "other": "FORWARD"}
+    kinds = {"owned": chains.is_owned_chain, "tracked": chains.is_tracked_chain,
+             "helper": chains.is_helper_chain, "parent": chains.is_parent_chain}
+    found = {kind: sorted(k for k, name in names.items() if test(name)) for kind, test in kinds.items()}
+    assert found == {"owned": ["asg", "casg"], "tracked": ["asg", "casg", "log", "netout", "rl-log"],
+                     "helper": ["log", "rl-log"], "parent": ["netout"]}
 
 
 def test_scaffold_order_and_parent_content() -> None:

@@ -6,6 +6,7 @@ See :mod:`.dataplane` for the design; :mod:`.payload` (transaction builder),
 """
 
 from .dataplane import Dataplane
-from .report import AppliedContainer, AppliedFamily, ApplyReport, ContainerChange, FamilyReport
+from .report import AppliedContainer, AppliedFamily, ApplyReport, CallKind, ContainerChange, FamilyReport
 
-__all__ = ["AppliedContainer", "AppliedFamily", "ApplyReport", "ContainerChange", "Dataplane", "FamilyReport"]
+__all__ = ["AppliedContainer", "AppliedFamily", "ApplyReport", "CallKind", "ContainerChange", "Dataplane",
+           "FamilyReport"]

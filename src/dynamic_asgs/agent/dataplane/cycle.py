@@ -25,7 +25,10 @@ Goals and the mechanism serving each:
   Retries are bounded (``max_restores`` per family per call); what is left is
   reported failed and retried next cycle.
 * **An honest cache** — :class:`~.table.KernelTable` changes only in
-  :meth:`FamilyCycle._committed`, after a successful restore, and through reads.
+  :meth:`FamilyCycle._committed`, after a successful restore, and through reads; it
+  is dropped only through :meth:`~.table.KernelCache.invalidate`, which logs why.
+* **One result** — a cycle's outcome per container (:class:`Outcome`), its changes,
+  deletions and figures come back as one frozen :class:`FamilyResult`.
 * **Decide on what is there now** — before classifying, the parents of containers
   that are new, waiting or watched (and due) are read with one targeted read
   (:meth:`Runner.read_chains`), unless the whole table was just read.
@@ -36,6 +39,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
+from typing import assert_never
 
 from dynamic_asgs.asg.translate import FamilyChains
 from dynamic_asgs.errors import IptablesError, LockTimeout, RestoreError
@@ -43,16 +48,29 @@ from dynamic_asgs.iptables.render import Renderer
 from dynamic_asgs.iptables.runner import Runner
 from dynamic_asgs.lager import Logger
 
-from .payload import Payload, RenderRefused, Write
+from .payload import FRAME, OwnerKind, Payload, RenderRefused, Write
 from .report import ContainerChange, FamilyReport
 from .settle import Settler
 from .sweep import Sweep, plan_sweep
-from .table import Applied, Classified, Context, KernelTable, classify
+from .table import Applied, Classified, Context, KernelCache, KernelTable, classify
 
-__all__ = ["LOCK_WAIT_LOGGED", "FamilyCycle", "FamilyState", "SweepSpec"]
+__all__ = ["LOCK_WAIT_LOGGED", "FamilyCycle", "FamilyResult", "FamilyState", "Outcome", "SweepSpec"]
 
 #: A wait for the iptables lock file at least this long (seconds) is logged; any wait is counted.
 LOCK_WAIT_LOGGED = 1.0
+
+
+class Outcome(Enum):
+    """What a call did with a wanted container in one family (containers left as they were have none)."""
+
+    #: The kernel held its chains already: taken as ours, nothing written.
+    ADOPTED = "adopted"
+    #: Its chains were written.
+    CHANGED = "changed"
+    #: It waits for its parent chain (its CNI is not done): looked at again.
+    SKIPPED = "skipped"
+    #: A restore refused it, or the family gave up: it keeps its previous rules, retried next cycle.
+    FAILED = "failed"
 
 
 @dataclass
@@ -60,7 +78,7 @@ class FamilyState:
     """What the dataplane keeps between calls for one family."""
 
     runner: Runner
-    kernel: KernelTable | None = None
+    cache: KernelCache
     applied: dict[str, Applied] = field(default_factory=dict)
     settler: Settler = field(default_factory=Settler)
     #: Fingerprints kept across restarts: chain -> (content hash, fingerprint).
@@ -69,7 +87,7 @@ class FamilyState:
     def prune(self, keep: Callable[[str], bool]) -> None:
         """Forget containers not kept whose ASG chain is gone from the kernel, and their settling."""
         self.settler.prune(keep)
-        kernel = self.kernel
+        kernel = self.cache.table
         if kernel is None:
             return
         for handle in [h for h, a in self.applied.items() if not keep(h) and a.family.asg.name not in kernel.info]:
@@ -85,13 +103,32 @@ class SweepSpec:
 
 
 @dataclass(frozen=True)
+class FamilyResult:
+    """What one family's part of a call did.
+
+    ``reasons`` says why each skipped or failed container was; ``deferred`` maps orphan
+    chains left in place to the reason; ``drifted`` maps containers found edited behind
+    our back (and rewritten) to what differed.
+    """
+
+    outcomes: Mapping[str, Outcome]
+    reasons: Mapping[str, str]
+    changes: tuple[ContainerChange, ...]
+    deleted: tuple[str, ...]
+    closed: tuple[str, ...]
+    deferred: Mapping[str, str]
+    drifted: Mapping[str, str]
+    report: FamilyReport
+
+
+@dataclass(frozen=True)
 class _Scope:
     handles: frozenset[str] | None  # containers written in this attempt; None: all
     sweep: bool  # whether orphans are deleted in this attempt
 
 
 class FamilyCycle:
-    """Runs one family's transaction(s) for one call and collects what happened."""
+    """Runs one family's transaction(s) for one call; :meth:`run` returns what happened."""
 
     def __init__(
         self,
@@ -106,51 +143,45 @@ class FamilyCycle:
         force: Collection[str] = (),
         adopt_only: Collection[str] = (),
     ) -> None:
-        self.state = state
-        self.adopt_only = adopt_only
-        self.version = state.runner.version
-        self.wanted = wanted
-        self.renderer = renderer
-        self.log = logger
-        self.now = now
-        self.max_restores = max_restores
-        self.sweep_spec = sweep
-        self.force = force
-        self.outcome: dict[str, str] = {}  # handle -> adopted | changed | skipped | failed
-        self.reasons: dict[str, str] = {}
-        self.drifted: dict[str, str] = {}
-        self.learned = 0
-        self.looked = 0
-        self.changes: list[ContainerChange] = []
-        self.deleted: list[str] = []
-        self.closed: list[str] = []
-        self.deferred: dict[str, str] = {}
-        self.restores = 0
-        self.commits = 0
-        self.payload_lines = 0
-        self.restore_seconds = 0.0
-        self.lock_wait_seconds = 0.0
-        self.read_seconds: float | None = None
-        self.error: str | None = None
+        self._state = state
+        self._adopt_only = adopt_only
+        self._version = state.runner.version
+        self._wanted = wanted
+        self._renderer = renderer
+        self._log = logger
+        self._now = now
+        self._max_restores = max_restores
+        self._sweep_spec = sweep
+        self._force = force
+        self._outcome: dict[str, Outcome] = {}
+        self._reasons: dict[str, str] = {}
+        self._drifted: dict[str, str] = {}
+        self._learned = 0
+        self._looked = 0
+        self._changes: list[ContainerChange] = []
+        self._deleted: list[str] = []
+        self._closed: list[str] = []
+        self._deferred: dict[str, str] = {}
+        self._restores = 0
+        self._commits = 0
+        self._payload_lines = 0
+        self._restore_seconds = 0.0
+        self._lock_wait_seconds = 0.0
+        self._read_seconds: float | None = None
+        self._error_text: str | None = None
         self._exclude_chains: set[str] = set()
         self._reread_done = False
         self._parents = {f.parent.name for f in wanted.values()}
         self._last: Classified | None = None
 
-    def report(self) -> FamilyReport:
-        """This family's figures for the call's report."""
-        return FamilyReport(self.version, restores=self.restores, commits=self.commits,
-                            payload_lines=self.payload_lines, restore_seconds=self.restore_seconds,
-                            lock_wait_seconds=self.lock_wait_seconds, read_seconds=self.read_seconds, error=self.error,
-                            looked=self.looked, learned=self.learned)
-
-    def run(self) -> None:
+    def run(self) -> FamilyResult:
         """Bring this family's table to the wanted state, as far as it can this call."""
         queue = [_Scope(None, True)]
         while queue:
-            if self.restores >= self.max_restores:
-                self._abandon(f"gave up after {self.restores} refused restores; retried next cycle")
-                self.state.kernel = None
+            if self._restores >= self._max_restores:
+                reason = f"gave up after {self._restores} refused restores; retried next cycle"
+                self._abandon(reason)
+                self._state.cache.invalidate(reason)
                 break
             scope = queue.pop(0)
             kernel = self._kernel()
@@ -160,17 +191,17 @@ class FamilyCycle:
             sweep = self._sweep(kernel, cls, scope)
             if not cls.writes and sweep.empty:
                 continue
-            payload = Payload(self.version, cls.writes, sweep.closes, sweep.deletes, self.renderer)
+            payload = Payload(self._version, cls.writes, sweep.closes, sweep.deletes, self._renderer)
             started = time.monotonic()
             try:
-                stats = self.state.runner.restore(payload)
+                stats = self._state.runner.restore(payload)
             except RestoreError as exc:
                 self._count(time.monotonic() - started, committed=0)
                 queue[0:0] = self._refused(exc, payload, kernel, cls, sweep, scope)
                 continue
             except RenderRefused as exc:
                 self._count(time.monotonic() - started, committed=0)
-                self._set(exc.handle, "failed", str(exc))
+                self._set(exc.handle, Outcome.FAILED, str(exc))
                 queue.insert(0, scope)
                 continue
             except IptablesError as exc:
@@ -180,119 +211,137 @@ class FamilyCycle:
             self._count(stats.seconds, committed=stats.lines)
             self._waited(stats.lock_wait)
             self._committed(kernel, payload.resolved(), sweep)
-        if self.state.kernel is not None:
-            self.state.kernel.end_cycle()
+        if self._state.cache.table is not None:
+            self._state.cache.table.end_cycle()
+        return self._result()
+
+    def _result(self) -> FamilyResult:
+        report = FamilyReport(self._version, restores=self._restores, commits=self._commits,
+                              payload_lines=self._payload_lines, restore_seconds=self._restore_seconds,
+                              lock_wait_seconds=self._lock_wait_seconds, read_seconds=self._read_seconds,
+                              error=self._error_text, looked=self._looked, learned=self._learned)
+        return FamilyResult(outcomes=dict(self._outcome), reasons=dict(self._reasons), changes=tuple(self._changes),
+                            deleted=tuple(self._deleted), closed=tuple(self._closed), deferred=dict(self._deferred),
+                            drifted=dict(self._drifted), report=report)
 
     # -- steps -------------------------------------------------------------------------
 
     def _kernel(self) -> KernelTable | None:
-        if self.state.kernel is None:
+        cache = self._state.cache
+        if cache.table is None:
             started = time.monotonic()
             try:
-                saved = self.state.runner.save()
+                saved = self._state.runner.save()
             except IptablesError as exc:
                 self._error(exc)
                 return None
-            self.state.kernel = KernelTable(saved)
+            cache.fill(saved)
             took = time.monotonic() - started
-            self.read_seconds = (self.read_seconds or 0.0) + took
-            self.log.info("table-read", {"version": self.version, "chains": len(saved.chains),
-                                         "seconds": round(took, 3)})
-        return self.state.kernel
+            self._read_seconds = (self._read_seconds or 0.0) + took
+            self._log.info("table-read", {"version": self._version, "chains": len(saved.chains),
+                                          "seconds": round(took, 3)})
+        return cache.table
 
     def _look(self, kernel: KernelTable) -> bool:
         """Read the parents of new, waiting and watched (due) containers; False if the read failed."""
         if kernel.fresh:
             return True
-        settler, applied, now = self.state.settler, self.state.applied, self.now
-        names = {f.parent.name for h, f in self.wanted.items()
-                 if h not in self.force and f.parent.name not in kernel.observed
+        settler, applied, now = self._state.settler, self._state.applied, self._now
+        names = {f.parent.name for h, f in self._wanted.items()
+                 if h not in self._force and f.parent.name not in kernel.observed
                  and (h not in applied or settler.looking(h)) and settler.due(h, now)}
         if not names:
             return True
         try:
-            part = self.state.runner.read_chains(names)
+            part = self._state.runner.read_chains(names)
         except IptablesError as exc:
             self._error(exc)
             return False
         kernel.observe(names, part)
-        self.looked += len(names)
+        self._looked += len(names)
         return True
 
     def _classify(self, kernel: KernelTable, scope: _Scope) -> Classified:
-        ctx = Context(renderer=self.renderer, now=self.now, settler=self.state.settler, baseline=self.state.baseline,
-                      scope=scope.handles, force=self.force, adopt_only=self.adopt_only,
-                      exclude={h for h, o in self.outcome.items() if o in ("failed", "skipped")})
-        cls = classify(kernel, self.state.applied, self.wanted, ctx)
+        state = self._state
+        ctx = Context(renderer=self._renderer, now=self._now, settler=state.settler, baseline=state.baseline,
+                      scope=scope.handles, force=self._force, adopt_only=self._adopt_only,
+                      exclude={h for h, o in self._outcome.items() if o in (Outcome.FAILED, Outcome.SKIPPED)})
+        cls = classify(kernel, state.applied, self._wanted, ctx)
+        cls.record(state.applied, state.settler, self._now)
         for handle in cls.adopted:
-            self.outcome.setdefault(handle, "adopted")
+            self._outcome.setdefault(handle, Outcome.ADOPTED)
         for handle, reason in cls.skipped.items():
-            self._set(handle, "skipped", reason)
-        self.drifted.update(cls.drifted)
-        self.learned += len(cls.learned)
+            self._set(handle, Outcome.SKIPPED, reason)
+        self._drifted.update(cls.drifted)
+        self._learned += len(cls.learned)
         self._last = cls
         return cls
 
     def _sweep(self, kernel: KernelTable, cls: Classified, scope: _Scope) -> Sweep:
-        spec = self.sweep_spec
+        spec = self._sweep_spec
         candidates = spec.candidates(kernel) if spec is not None and scope.sweep else ()
         written = {w.family.parent.name for w in cls.writes}
         protected = (self._parents - written) | (spec.protected if spec else frozenset())
         sweep = plan_sweep(kernel, candidates=candidates, writes=cls.writes, protected=protected,
                            exclude=self._exclude_chains)
         if spec is not None and scope.sweep:
-            self.deferred = dict(sweep.deferred)
+            self._deferred = dict(sweep.deferred)
         return sweep
 
     def _committed(self, kernel: KernelTable, writes: list[Write], sweep: Sweep) -> None:
-        applied = self.state.applied
+        applied = self._state.applied
         for w in writes:
             assert w.digest is not None
             prev = applied.get(w.handle)
             old = kernel.info.get(w.family.asg.name)
-            self.changes.append(ContainerChange(
-                w.handle, self.version, w.digest, w.family.accept_count,
+            self._changes.append(ContainerChange(
+                w.handle, self._version, w.digest, w.family.accept_count,
                 old_digest=prev.digest if prev else (old.digest if old else None),
                 old_rules=prev.family.accept_count if prev else None,
             ))
-            applied[w.handle] = Applied(w.family, w.digest, self.now, adopted=False)
-            self.outcome[w.handle] = "changed"
+            applied[w.handle] = Applied(w.family, w.digest, self._now, adopted=False)
+            self._outcome[w.handle] = Outcome.CHANGED
             watch = self._last.watch.get(w.handle) if self._last is not None else None
-            self.state.settler.written(w.handle, self.now, watch=watch is True, once=watch is False)
+            self._state.settler.written(w.handle, self._now, watch=watch is True, once=watch is False)
         kernel.commit(writes, sweep.closes, sweep.deletes)
-        self.deleted += sweep.deletes
-        self.closed += sweep.closes
+        self._deleted += sweep.deletes
+        self._closed += sweep.closes
 
     # -- failures ----------------------------------------------------------------------
 
     def _refused(
         self, exc: RestoreError, payload: Payload, kernel: KernelTable, cls: Classified, sweep: Sweep, scope: _Scope
     ) -> list[_Scope]:
-        owner = payload.owner_of(exc.line)
-        kind = owner.kind if owner is not None else "frame"
-        name = owner.name if owner is not None else ""
-        self.log.error("restore-refused", exc, {"version": self.version, "line": exc.line, "owner": kind,
-                                                "name": name, "context": exc.context})
-        if kind == "write":
-            self._set(name, "failed", str(exc))
-            return [scope]
-        if kind == "guard":
-            parent = self.wanted[name].parent.name
-            if kernel.exists(parent) is True:
-                self.state.kernel = None  # the cache believed it existed: read the table again
-            kernel.mark_missing(parent)
-            reason = f"parent chain {parent} does not exist (the CNI creates it): looked at again"
-            self._set(name, "skipped", self.state.settler.wait(name, self.now, reason))
-            return [scope]
-        if kind != "frame":
-            self._exclude_chains.add(name)
-            self.state.kernel = None
-            return [scope]
-        if not self._reread_done:
-            self._reread_done = True
-            self.state.kernel = None
-            return [scope]
-        return self._bisect(cls, sweep, str(exc))
+        owner = payload.owner_of(exc.line) or FRAME
+        kind, name = owner.kind, owner.name
+        self._log.error("restore-refused", exc, {"version": self._version, "line": exc.line, "owner": kind,
+                                                 "name": name, "context": exc.context})
+        cache = self._state.cache
+        match kind:
+            case OwnerKind.WRITE:
+                self._set(name, Outcome.FAILED, str(exc))
+                return [scope]
+            case OwnerKind.GUARD:
+                parent = self._wanted[name].parent.name
+                if kernel.exists(parent) is True:  # the cache believed it existed: read the table again
+                    cache.invalidate(f"parent chain {parent} was believed to exist; a restore found it missing")
+                kernel.mark_missing(parent)
+                reason = f"parent chain {parent} does not exist (the CNI creates it): looked at again"
+                self._set(name, Outcome.SKIPPED, self._state.settler.wait(name, self._now, reason))
+                return [scope]
+            case OwnerKind.CLOSE_GUARD | OwnerKind.CLOSE | OwnerKind.DELETE:
+                self._exclude_chains.add(name)
+                cache.invalidate(f"a restore refused the {kind} line of chain {name}: the table holds what we "
+                                 "do not know (often a reference)")
+                return [scope]
+            case OwnerKind.FRAME:
+                if not self._reread_done:
+                    self._reread_done = True
+                    cache.invalidate("a restore was refused on no line of ours (retried once after a fresh read)")
+                    return [scope]
+                return self._bisect(cls, sweep, str(exc))
+            case _:
+                assert_never(kind)
 
     def _bisect(self, cls: Classified, sweep: Sweep, reason: str) -> list[_Scope]:
         handles = [w.handle for w in cls.writes]
@@ -301,7 +350,7 @@ class FamilyCycle:
             half = len(handles) // 2
             scopes += [_Scope(frozenset(handles[:half]), False), _Scope(frozenset(handles[half:]), False)]
         elif handles and sweep.empty:
-            self._set(handles[0], "failed", reason)
+            self._set(handles[0], Outcome.FAILED, reason)
         elif handles:
             scopes.append(_Scope(frozenset(handles), False))
         if not sweep.empty:
@@ -309,36 +358,36 @@ class FamilyCycle:
                 scopes.append(_Scope(frozenset(), True))
             else:
                 self._exclude_chains.update(sweep.deletes)
-                self.deferred.update(dict.fromkeys(sweep.deletes, f"deletion refused: {reason}"))
+                self._deferred.update(dict.fromkeys(sweep.deletes, f"deletion refused: {reason}"))
         return scopes
 
     def _abandon(self, reason: str) -> None:
         last = self._last
         if last is not None:
-            for handle in [w.handle for w in last.writes] + last.pending:
-                if handle not in self.outcome:
-                    self._set(handle, "failed", reason)
+            for handle in [w.handle for w in last.writes] + list(last.pending):
+                if handle not in self._outcome:
+                    self._set(handle, Outcome.FAILED, reason)
 
     def _error(self, exc: IptablesError) -> None:
-        self.log.error("iptables-failed", exc, {"version": self.version})
-        self.error = str(exc)
-        if not isinstance(exc, LockTimeout):
-            self.state.kernel = None  # a tool that died mid-way: trust nothing we believed
+        self._log.error("iptables-failed", exc, {"version": self._version})
+        self._error_text = str(exc)
+        if not isinstance(exc, LockTimeout):  # a tool that died mid-way: trust nothing we believed
+            self._state.cache.invalidate("an iptables tool failed (see iptables-failed): what it did is unknown")
         self._abandon(str(exc))
 
-    def _set(self, handle: str, outcome: str, reason: str) -> None:
-        if self.outcome.get(handle) != "changed":
-            self.outcome[handle] = outcome
-            self.reasons[handle] = reason
+    def _set(self, handle: str, outcome: Outcome, reason: str) -> None:
+        if self._outcome.get(handle) is not Outcome.CHANGED:
+            self._outcome[handle] = outcome
+            self._reasons[handle] = reason
 
     def _waited(self, seconds: float) -> None:
-        self.lock_wait_seconds += seconds
+        self._lock_wait_seconds += seconds
         if seconds >= LOCK_WAIT_LOGGED:
-            self.log.info("iptables-lock-waited", {"version": self.version, "seconds": round(seconds, 3)})
+            self._log.info("iptables-lock-waited", {"version": self._version, "seconds": round(seconds, 3)})
 
     def _count(self, seconds: float, *, committed: int) -> None:
-        self.restores += 1
-        self.restore_seconds += seconds
+        self._restores += 1
+        self._restore_seconds += seconds
         if committed:
-            self.commits += 1
-            self.payload_lines += committed
+            self._commits += 1
+            self._payload_lines += committed

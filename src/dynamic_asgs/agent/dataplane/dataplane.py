@@ -46,7 +46,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
+from enum import Enum
 from pathlib import Path
+from typing import assert_never
 
 from dynamic_asgs.asg import chains
 from dynamic_asgs.asg.translate import ContainerChains, FamilyChains
@@ -54,13 +56,21 @@ from dynamic_asgs.iptables.render import Renderer
 from dynamic_asgs.iptables.runner import Runner
 from dynamic_asgs.lager import Logger
 
-from .cycle import FamilyCycle, FamilyState, SweepSpec
+from .cycle import FamilyCycle, FamilyResult, FamilyState, Outcome, SweepSpec
 from .fingerprints import FingerprintFile
-from .report import AppliedContainer, AppliedFamily, ApplyReport
+from .report import AppliedContainer, AppliedFamily, ApplyReport, CallKind
 from .settle import Settler, SettleSettings
-from .table import KernelTable
+from .table import KernelCache, KernelTable
 
 __all__ = ["Dataplane"]
+
+
+class _Note(Enum):
+    """A per-container or per-chain condition logged once per reason, not every cycle."""
+
+    SKIPPED = "skipped"
+    DEFERRED = "deferred"
+    REFUSED = "refused"
 
 
 def _family(plan: ContainerChains, version: int) -> FamilyChains | None:
@@ -124,12 +134,13 @@ class Dataplane:
         self._log = logger.session("dataplane")
         self._fingerprints = FingerprintFile(fingerprint_file, logger) if fingerprint_file else None
         kept = self._fingerprints.load() if self._fingerprints else {}
-        self._states = {v: FamilyState(runners[v], settler=Settler(settle or SettleSettings()),
-                                       baseline=kept.get(v, {})) for v in sorted(runners)}
+        self._states = {v: FamilyState(runners[v], KernelCache(v, self._log),
+                                       settler=Settler(settle or SettleSettings()), baseline=kept.get(v, {}))
+                        for v in sorted(runners)}
         self._clock = clock
         self._max_restores = max_restores
         self._lock = threading.Lock()
-        self._logged: dict[str, str] = {}
+        self._logged: dict[tuple[_Note, str], str] = {}
 
     def apply(self, desired: Mapping[str, ContainerChains], *, complete: bool = True,
               keep: Mapping[str, str] | None = None) -> ApplyReport:
@@ -144,7 +155,7 @@ class Dataplane:
             started = time.monotonic()
             renderer, now = Renderer(), self._clock()
             refused, adopt_only = _collisions(desired, self._incumbent)
-            kept_names = {n for h in keep for n in (*chains.chain_names(h), "c" + chains.asg_chain_name(h))}
+            kept_names = {n for h in keep for n in (*chains.chain_names(h), chains.candidate_chain_name(h))}
             protected = frozenset(chains.netout_chain_name(h) for h in keep)
             runs = {}
             for version, state in self._states.items():
@@ -157,13 +168,13 @@ class Dataplane:
                     state.prune(set(wanted).union(keep).__contains__)
             refused |= {h: "its chain names are shared with another container not enforced yet: neither is "
                            "written until one is found in the kernel" for h in adopt_only if not self._incumbent(h)}
-            return self._finish("full" if complete else "partial", runs, len(desired), started,
+            return self._finish(CallKind.FULL if complete else CallKind.PARTIAL, runs, len(desired), started,
                                 prune_logged=complete, refused={**refused, **keep})
 
     def apply_one(self, plan: ContainerChains) -> ApplyReport:
         """A forced sync of one container: writes its chains (only them), whatever the cache says."""
         handle = plan.container.handle
-        asg = chains.asg_chain_name(handle)
+        asg, candidate = chains.asg_chain_name(handle), chains.candidate_chain_name(handle)
         with self._lock:
             started = time.monotonic()
             rivals = sorted(h for h, names in self._enforced_names().items()
@@ -171,18 +182,18 @@ class Dataplane:
             if rivals:
                 reason = (f"its chain names are those of container {', '.join(rivals)}: refused, "
                           "the other is left as it is")
-                return self._finish("one", {}, 1, started, prune_logged=False, refused={handle: reason})
+                return self._finish(CallKind.ONE, {}, 1, started, prune_logged=False, refused={handle: reason})
             renderer, now = Renderer(), self._clock()
             runs = {}
             for version, state in self._states.items():
                 family = _family(plan, version)
-                own = {"c" + asg} if family is not None else {asg, "c" + asg}
+                own = {candidate} if family is not None else {asg, candidate}
                 spec = SweepSpec(_present(own))
                 wanted = {handle: family} if family is not None else {}
                 runs[version] = self._run(state, wanted, renderer, now, spec, force={handle})
                 if family is None:
                     state.prune(lambda h: h != handle)
-            return self._finish("one", runs, 1, started, prune_logged=False)
+            return self._finish(CallKind.ONE, runs, 1, started, prune_logged=False)
 
     def settle(self, desired: Mapping[str, ContainerChains]) -> ApplyReport:
         """Look again at waiting and watched containers (``desired`` holds their plans); write those ready.
@@ -213,8 +224,7 @@ class Dataplane:
     def remove_orphans(self, live_handles: Collection[str]) -> ApplyReport:
         """Delete the ASG chains of every container not in ``live_handles`` (closing their parents)."""
         live = set(live_handles)
-        keep = {chains.asg_chain_name(h) for h in live}
-        keep |= {"c" + name for name in keep}
+        keep = {name for h in live for name in (chains.asg_chain_name(h), chains.candidate_chain_name(h))}
         protected = frozenset(chains.netout_chain_name(h) for h in live)
         with self._lock:
             started = time.monotonic()
@@ -223,7 +233,7 @@ class Dataplane:
             for version, state in self._states.items():
                 runs[version] = self._run(state, {}, renderer, now, SweepSpec(_orphans_except(keep), protected))
                 state.prune(live.__contains__)
-            return self._finish("orphans", runs, 0, started, prune_logged=False)
+            return self._finish(CallKind.ORPHANS, runs, 0, started, prune_logged=False)
 
     def _incumbent(self, handle: str) -> bool:
         return any(handle in state.applied for state in self._states.values())
@@ -246,15 +256,15 @@ class Dataplane:
                         a.digest, a.family.accept_count, a.at, a.adopted, a.verified_at)
             return {h: AppliedContainer(h, f) for h, f in families.items()}
 
-    def invalidate(self) -> None:
-        """Forget what the kernel holds: the next call reads the table again."""
+    def invalidate(self, reason: str = "a whole-table read was asked for") -> None:
+        """Forget what the kernel holds (``reason`` is logged): the next call reads the table again."""
         with self._lock:
             for state in self._states.values():
-                state.kernel = None
+                state.cache.invalidate(reason)
 
     def kernel(self, version: int) -> KernelTable | None:
         """The cached view of one family's table (None until read); for status pages and tests."""
-        return self._states[version].kernel
+        return self._states[version].cache.table
 
     # -- internals ---------------------------------------------------------------------
 
@@ -267,26 +277,33 @@ class Dataplane:
         spec: SweepSpec | None,
         force: Collection[str] = (),
         adopt_only: Collection[str] = (),
-    ) -> FamilyCycle:
+    ) -> FamilyResult:
         cycle = FamilyCycle(state, wanted=wanted, renderer=renderer, logger=self._log, now=now,
                             max_restores=self._max_restores, sweep=spec, force=force, adopt_only=adopt_only)
-        cycle.run()
-        return cycle
+        return cycle.run()
 
     def _finish(
-        self, kind: str, runs: Mapping[int, FamilyCycle], total: int, started: float, *, prune_logged: bool,
+        self, kind: CallKind, runs: Mapping[int, FamilyResult], total: int, started: float, *, prune_logged: bool,
         refused: Mapping[str, str] | None = None,
     ) -> ApplyReport:
         touched: set[str] = set()
+        adopted: set[str] = set()
         skipped: dict[str, list[str]] = {}
         failed: dict[str, list[str]] = {}
         for version, run in runs.items():
-            touched.update(run.outcome)
-            for handle, outcome in run.outcome.items():
-                if outcome in ("skipped", "failed"):
-                    target = skipped if outcome == "skipped" else failed
-                    target.setdefault(handle, []).append(f"IPv{version}: {run.reasons[handle]}")
-        adopted = {h for run in runs.values() for h, o in run.outcome.items() if o == "adopted"}
+            touched.update(run.outcomes)
+            for handle, outcome in run.outcomes.items():
+                match outcome:
+                    case Outcome.ADOPTED:
+                        adopted.add(handle)
+                    case Outcome.CHANGED:
+                        pass  # reported through run.changes
+                    case Outcome.SKIPPED:
+                        skipped.setdefault(handle, []).append(f"IPv{version}: {run.reasons[handle]}")
+                    case Outcome.FAILED:
+                        failed.setdefault(handle, []).append(f"IPv{version}: {run.reasons[handle]}")
+                    case _:
+                        assert_never(outcome)
         report = ApplyReport(
             kind=kind,
             changes=tuple(c for run in runs.values() for c in run.changes),
@@ -299,7 +316,7 @@ class Dataplane:
             deferred={c: r for run in runs.values() for c, r in run.deferred.items()},
             refused=dict(refused or {}),
             drifted={h: f"IPv{v}: {r}" for v, run in runs.items() for h, r in run.drifted.items()},
-            families={v: run.report() for v, run in runs.items()},
+            families={v: run.report for v, run in runs.items()},
             seconds=time.monotonic() - started,
         )
         self._log_report(report, prune_logged)
@@ -308,17 +325,21 @@ class Dataplane:
         return report
 
     def _log_report(self, report: ApplyReport, prune: bool) -> None:
-        notes = {**{f"container:{h}": r for h, r in report.skipped.items()},
-                 **{f"chain:{c}": r for c, r in report.deferred.items()},
-                 **{f"refused:{h}": r for h, r in report.refused.items()}}
+        notes = {**{(_Note.SKIPPED, h): r for h, r in report.skipped.items()},
+                 **{(_Note.DEFERRED, c): r for c, r in report.deferred.items()},
+                 **{(_Note.REFUSED, h): r for h, r in report.refused.items()}}
         for key, reason in notes.items():
             if self._logged.get(key) != reason:  # once per reason, not every cycle
-                kind, _, name = key.partition(":")
-                if kind == "refused":
-                    self._log.error("container-refused", reason, {"handle": name})
-                else:
-                    event = "container-skipped" if kind == "container" else "orphan-deferred"
-                    self._log.info(event, {"handle" if kind == "container" else "chain": name, "reason": reason})
+                note, name = key
+                match note:
+                    case _Note.SKIPPED:
+                        self._log.info("container-skipped", {"handle": name, "reason": reason})
+                    case _Note.DEFERRED:
+                        self._log.info("orphan-deferred", {"chain": name, "reason": reason})
+                    case _Note.REFUSED:
+                        self._log.error("container-refused", reason, {"handle": name})
+                    case _:
+                        assert_never(note)
                 self._logged[key] = reason
         for handle, reason in report.drifted.items():
             self._log.error("chain-drift-repaired", reason, {"handle": handle})

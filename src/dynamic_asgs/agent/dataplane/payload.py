@@ -41,13 +41,14 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 from dynamic_asgs.asg import chains
 from dynamic_asgs.asg.translate import FamilyChains
 from dynamic_asgs.errors import RenderRefused, ValidationError
 from dynamic_asgs.iptables.render import Renderer, declare
 
-__all__ = ["Owner", "Payload", "RenderRefused", "Write"]
+__all__ = ["FRAME", "Owner", "OwnerKind", "Payload", "RenderRefused", "Write"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,21 +65,33 @@ class Write:
     digest: str | None
 
 
+class OwnerKind(StrEnum):
+    """Which part of the transaction a payload line belongs to (its value is logged as ``owner``)."""
+
+    #: A written container's chains; the owner's ``name`` is its handle.
+    WRITE = "write"
+    #: The ``-F`` of a written container's parent chain; ``name`` is the handle.
+    GUARD = "guard"
+    #: The ``-F`` of a parent set to a lone REJECT; ``name`` is the parent.
+    CLOSE_GUARD = "close-guard"
+    #: The lone REJECT of a closed parent; ``name`` is the parent.
+    CLOSE = "close"
+    #: The declaration or ``-X`` of a chain to delete; ``name`` is the chain.
+    DELETE = "delete"
+    #: ``*filter`` or ``COMMIT``; ``name`` is empty.
+    FRAME = "frame"
+
+
 @dataclass(frozen=True, slots=True)
 class Owner:
-    """What a payload line belongs to.
+    """What a payload line belongs to: a part of the transaction (``kind``) and whose it is (``name``)."""
 
-    ``kind`` is ``write`` (a container's chains; ``name`` is its handle), ``guard``
-    (the ``-F`` of a written container's parent; ``name`` is the handle),
-    ``close-guard``/``close`` (a parent set to a lone REJECT; ``name`` is the
-    parent), ``delete`` (``name`` is the chain) or ``frame`` (``*filter``/``COMMIT``).
-    """
-
-    kind: str
+    kind: OwnerKind
     name: str
 
 
-_FRAME = Owner("frame", "")
+#: The owner of ``*filter`` and ``COMMIT``, and of a refusal no line is named for.
+FRAME = Owner(OwnerKind.FRAME, "")
 
 
 class Payload:
@@ -111,25 +124,25 @@ class Payload:
 
     def _layout(self) -> int:
         line = 1
-        self._mark(line, _FRAME)
+        self._mark(line, FRAME)
         for w in self.writes:
-            self._mark(line + 1, Owner("write", w.handle))
+            self._mark(line + 1, Owner(OwnerKind.WRITE, w.handle))
             line += 1 + len(w.family.helpers)
         for name in self.deletes:
-            self._mark(line + 1, Owner("delete", name))
+            self._mark(line + 1, Owner(OwnerKind.DELETE, name))
             line += 1
         for w in self.writes:
-            self._mark(line + 1, Owner("guard", w.handle))
-            self._mark(line + 2, Owner("write", w.handle))
+            self._mark(line + 1, Owner(OwnerKind.GUARD, w.handle))
+            self._mark(line + 2, Owner(OwnerKind.WRITE, w.handle))
             line += 1 + sum(len(c.rules) for c in w.family.chains)
         for name in self.closes:
-            self._mark(line + 1, Owner("close-guard", name))
-            self._mark(line + 2, Owner("close", name))
+            self._mark(line + 1, Owner(OwnerKind.CLOSE_GUARD, name))
+            self._mark(line + 2, Owner(OwnerKind.CLOSE, name))
             line += 2
         for name in self.deletes:
-            self._mark(line + 1, Owner("delete", name))
+            self._mark(line + 1, Owner(OwnerKind.DELETE, name))
             line += 1
-        self._mark(line + 1, _FRAME)
+        self._mark(line + 1, FRAME)
         return line + 1
 
     def __len__(self) -> int:

@@ -11,8 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
-__all__ = ["AppliedContainer", "AppliedFamily", "ApplyReport", "ContainerChange", "FamilyReport"]
+__all__ = ["AppliedContainer", "AppliedFamily", "ApplyReport", "CallKind", "ContainerChange", "FamilyReport"]
+
+
+class CallKind(StrEnum):
+    """Which dataplane call a report is of (its value is logged as ``kind``)."""
+
+    #: :meth:`Dataplane.apply` with complete data: orphans swept.
+    FULL = "full"
+    #: :meth:`Dataplane.apply` with ``complete=False``, or a settle pass: nothing deleted.
+    PARTIAL = "partial"
+    #: :meth:`Dataplane.apply_one`: a forced sync of one container.
+    ONE = "one"
+    #: :meth:`Dataplane.remove_orphans`.
+    ORPHANS = "orphans"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +79,7 @@ class ApplyReport:
     has been rewritten. ``deferred`` maps orphan chains left in place to the reason.
     """
 
-    kind: str
+    kind: CallKind
     changes: tuple[ContainerChange, ...] = ()
     adopted: tuple[str, ...] = ()
     unchanged: int = 0

@@ -60,8 +60,12 @@ class Settler:
     watched: dict[str, tuple[float | None, float]] = field(default_factory=dict)
 
     def age(self, handle: str, now: float) -> float:
-        """Seconds since ``handle`` was first seen without its chains written."""
-        return now - self.first_seen.setdefault(handle, now)
+        """Seconds since ``handle`` was first :meth:`seen` without its chains written (0 if never)."""
+        return now - self.first_seen.get(handle, now)
+
+    def seen(self, handle: str, now: float) -> None:
+        """``handle`` was seen without its chains written: its :meth:`age` counts from its first sighting."""
+        self.first_seen.setdefault(handle, now)
 
     def due(self, handle: str, now: float) -> bool:
         """Whether a waiting or watched container should be looked at now."""

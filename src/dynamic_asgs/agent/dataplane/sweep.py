@@ -15,6 +15,8 @@ Goals and the mechanism serving each:
   failed) is never closed: its orphan waits for a later cycle.
 * **Touch nothing we do not own** — an orphan referenced from any other chain is
   left in place and reported (``deferred``) rather than unlinked blindly.
+
+Which chains are ASG chains, parents or helpers is :mod:`dynamic_asgs.asg.chains`'s call.
 """
 
 from __future__ import annotations
@@ -22,21 +24,12 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from dynamic_asgs.asg.chains import is_helper_chain, is_parent_chain
+
 from .payload import Write
 from .table import KernelTable, family_targets
 
-__all__ = ["HELPER_SUFFIXES", "Sweep", "is_helper_chain", "plan_sweep"]
-
-HELPER_SUFFIXES = ("--log", "--rl-log")
-
-
-def is_helper_chain(name: str) -> bool:
-    """Whether ``name`` is a container's ASG log chain (``netout--<h>--log`` or ``--rl-log``)."""
-    return name.startswith("netout--") and name.endswith(HELPER_SUFFIXES)
-
-
-def _is_parent(name: str) -> bool:
-    return name.startswith("netout--") and not is_helper_chain(name)
+__all__ = ["Sweep", "plan_sweep"]
 
 
 @dataclass
@@ -82,10 +75,10 @@ def plan_sweep(
             for referrer in sorted(kernel.referrers.get(orphan, ())):
                 if unlinked(orphan, referrer):
                     continue
-                if _is_parent(referrer) and referrer not in protected and referrer not in exclude:
+                if is_parent_chain(referrer) and referrer not in protected and referrer not in exclude:
                     closes.add(referrer)
                     continue
-                why = "its container is wanted but not written this cycle" if _is_parent(referrer) else "not ours"
+                why = "its container is wanted but not written this cycle" if is_parent_chain(referrer) else "not ours"
                 out.deferred[orphan] = f"referenced by {referrer} ({why})"
                 deletes.discard(orphan)
                 changed = True

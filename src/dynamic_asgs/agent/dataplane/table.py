@@ -13,12 +13,15 @@ Goals and the mechanism serving each:
   dictionary look-ups per container.
 * **An honest cache** — :class:`KernelTable` is what the kernel holds as far as we
   know: it starts from one ``iptables-save`` and changes only through
-  :meth:`KernelTable.commit` after a successful restore. The dataplane drops it,
-  and reads the table again, on every failure that may mean it is wrong (a parent
-  it believed in, a deletion, an unattributed refusal, a tool that died); a
-  refused rule of a container's own chain and a lock timeout leave it, since the
-  restore committed nothing and nothing the cache holds was involved
-  (:mod:`.cycle`).
+  :meth:`KernelTable.commit` after a successful restore. :class:`KernelCache` holds
+  it; the dataplane drops it with :meth:`KernelCache.invalidate`, which logs why, and
+  reads the table again, on every failure that may mean it is wrong (a parent it
+  believed in, a deletion, an unattributed refusal, a tool that died); a refused
+  rule of a container's own chain and a lock timeout leave it, since the restore
+  committed nothing and nothing the cache holds was involved (:mod:`.cycle`).
+* **Deciding is a query** — :func:`classify` reads the tables and returns what it
+  found (:class:`Classified`), the adoptions, learned fingerprints and settling
+  included; the cycle records them (:meth:`Classified.record`).
 * **Parents belong to the CNI** — a parent is :class:`Parent` ``ABSENT``, ``BARE``
   (as a CNI creates it: REJECT, maybe a log rule), ``STATIC`` (holding the static
   rules a CNI inserts when the agent does not answer it), ``OURS`` (our hash
@@ -41,14 +44,17 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
+from dynamic_asgs.asg.chains import is_owned_chain
 from dynamic_asgs.asg.translate import FamilyChains
 from dynamic_asgs.iptables.render import Renderer
 from dynamic_asgs.iptables.saved import ChainInfo, SavedTable
+from dynamic_asgs.lager import Logger
 
 from .payload import Write
 from .settle import Settler
 
-__all__ = ["Applied", "Classified", "KernelTable", "Parent", "classify", "family_targets", "same_content"]
+__all__ = ["Applied", "Classified", "KernelCache", "KernelTable", "Parent", "classify", "family_targets",
+           "same_content"]
 
 Fingerprints = dict[str, str]
 
@@ -174,7 +180,7 @@ class KernelTable:
 
     def owned(self) -> list[str]:
         """Every ASG chain in the table (ours, ``asg-``, and Go candidates, ``casg-``)."""
-        return [name for name in self.info if name.startswith(("asg-", "casg-"))]
+        return [name for name in self.info if is_owned_chain(name)]
 
     def commit(self, writes: Collection[Write], closes: Collection[str], deletes: Collection[str]) -> None:
         """Record what a successful restore did."""
@@ -209,6 +215,32 @@ class KernelTable:
                     del self.referrers[target]
 
 
+class KernelCache:
+    """One family's :class:`KernelTable` between calls: read on first need, dropped on suspicion."""
+
+    def __init__(self, version: int, logger: Logger) -> None:
+        self._version = version
+        self._log = logger
+        self._table: KernelTable | None = None
+
+    @property
+    def table(self) -> KernelTable | None:
+        """The cached table; None until read, and after :meth:`invalidate`."""
+        return self._table
+
+    def fill(self, saved: SavedTable) -> KernelTable:
+        """Cache a whole-table read."""
+        self._table = KernelTable(saved)
+        return self._table
+
+    def invalidate(self, reason: str) -> None:
+        """Forget the table, logging ``reason``: the next cycle reads it again (nothing cached, nothing logged)."""
+        if self._table is None:
+            return
+        self._table = None
+        self._log.info("kernel-cache-invalidated", {"version": self._version, "reason": reason})
+
+
 def same_content(a: FamilyChains, b: FamilyChains) -> bool:
     """Whether two plans write the same chains (identity short-cuts make shared plans cheap)."""
     return a is b or (
@@ -220,22 +252,78 @@ def same_content(a: FamilyChains, b: FamilyChains) -> bool:
     )
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Classified:
-    """Where each wanted container of one family stands against the kernel."""
+    """Where each wanted container of one family stands against the kernel, and what that taught.
+
+    The first fields decide the transaction; ``records`` and the settling fields are
+    what the classification learned (adoptions, fingerprints, waits), written to the
+    dataplane's state by :meth:`record`.
+    """
+
+    writes: tuple[Write, ...] = ()
+    adopted: tuple[str, ...] = ()
+    unchanged: int = 0
+    #: Handles waiting for their parent chain, with the reason.
+    skipped: Mapping[str, str] = field(default_factory=dict)
+    pending: tuple[str, ...] = ()
+    #: Handles whose chains were edited behind our back (rewritten), with what differed.
+    drifted: Mapping[str, str] = field(default_factory=dict)
+    #: Written handles to look at again: True until the watch deadline, False once.
+    watch: Mapping[str, bool] = field(default_factory=dict)
+    #: Handles whose fingerprints were learned in this classification.
+    learned: tuple[str, ...] = ()
+    #: Containers found in the kernel (adopted, or kept with a new plan object or new fingerprints), as they stand.
+    records: Mapping[str, Applied] = field(default_factory=dict)
+    #: Handles that need no more looks (adopted, or forced).
+    settled: frozenset[str] = frozenset()
+    #: Handles a look found intact.
+    verified: frozenset[str] = frozenset()
+    #: Skipped handles whose next look is to be scheduled (the others were not due).
+    waits: frozenset[str] = frozenset()
+    #: Handles seen with a bare parent: the settle time counts from their first sighting.
+    seen: frozenset[str] = frozenset()
+
+    def record(self, applied: dict[str, Applied], settler: Settler, now: float) -> None:
+        """Write what this classification learned into the dataplane's state."""
+        applied.update(self.records)
+        for handle in self.seen:
+            settler.seen(handle, now)
+        for handle in self.waits:
+            settler.wait(handle, now, self.skipped[handle])
+        for handle in self.settled:
+            settler.settled(handle)
+        for handle in self.verified:
+            settler.verified(handle, now)
+
+
+@dataclass(slots=True)
+class _Found:
+    """What :func:`classify` collects before freezing it into a :class:`Classified`."""
 
     writes: list[Write] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)
     unchanged: int = 0
-    #: Handles waiting for their parent chain, with the reason.
     skipped: dict[str, str] = field(default_factory=dict)
     pending: list[str] = field(default_factory=list)
-    #: Handles whose chains were edited behind our back (rewritten), with what differed.
     drifted: dict[str, str] = field(default_factory=dict)
-    #: Written handles to look at again: True until the watch deadline, False once.
     watch: dict[str, bool] = field(default_factory=dict)
-    #: Handles whose fingerprints were learned in this classification.
     learned: list[str] = field(default_factory=list)
+    records: dict[str, Applied] = field(default_factory=dict)
+    settled: set[str] = field(default_factory=set)
+    verified: set[str] = field(default_factory=set)
+    waits: set[str] = field(default_factory=set)
+    seen: set[str] = field(default_factory=set)
+
+    def wait(self, handle: str, reason: str) -> None:
+        self.skipped[handle] = reason
+        self.waits.add(handle)
+
+    def freeze(self) -> Classified:
+        return Classified(
+            tuple(self.writes), tuple(self.adopted), self.unchanged, self.skipped, tuple(self.pending), self.drifted,
+            self.watch, tuple(self.learned), self.records, frozenset(self.settled), frozenset(self.verified),
+            frozenset(self.waits), frozenset(self.seen))
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,17 +365,16 @@ def _baseline(family: FamilyChains, digest: str, baseline: Mapping[str, tuple[st
 
 
 def classify(
-    kernel: KernelTable, applied: dict[str, Applied], wanted: Mapping[str, FamilyChains], ctx: Context
+    kernel: KernelTable, applied: Mapping[str, Applied], wanted: Mapping[str, FamilyChains], ctx: Context
 ) -> Classified:
     """Sort ``wanted`` into writes, adopted, unchanged, waiting (parent not ready) and drifted.
 
     Containers in ``ctx.force`` are written even when they look right (the CNI just
     recreated their parent); containers outside ``ctx.scope`` (when given) are left
-    ``pending``; ``ctx.exclude``d ones are not looked at. Adoption and learned
-    fingerprints are recorded in ``applied`` at once: knowledge about the kernel,
-    not a write.
+    ``pending``; ``ctx.exclude``d ones are not looked at. Nothing is changed: adoption,
+    learned fingerprints and settling are returned, for :meth:`Classified.record`.
     """
-    out = Classified()
+    out = _Found()
     settler, now = ctx.settler, ctx.now
     for handle, family in wanted.items():
         if handle in ctx.exclude:
@@ -306,24 +393,24 @@ def classify(
         else:
             digest = None  # it will be written: the payload hashes it while the restore streams
         if digest is not None and not forced and kernel.matches(family, digest):
-            if _keep(handle, family, digest, prev, kernel, applied, ctx, out):
+            if _keep(handle, family, digest, prev, kernel, ctx, out):
                 continue
         elif (known and kernel.fresh and handle not in settler.watched
               and kernel.exists(family.parent.name) and family.asg.name in kernel.chains):
             out.drifted[handle] = "its chains no longer hold what was written"
         if handle in ctx.adopt_only:
             continue
-        if _decide(handle, family, digest, prev, kernel, ctx, out):
+        if _decide(handle, family, prev, kernel, ctx, out):
             if ctx.scope is not None and handle not in ctx.scope:
                 out.pending.append(handle)
             else:
                 out.writes.append(Write(handle, family, digest))
-    return out
+    return out.freeze()
 
 
 def _keep(
-    handle: str, family: FamilyChains, digest: str, prev: Applied | None, kernel: KernelTable,
-    applied: dict[str, Applied], ctx: Context, out: Classified,
+    handle: str, family: FamilyChains, digest: str, prev: Applied | None, kernel: KernelTable, ctx: Context,
+    out: _Found,
 ) -> bool:
     """The kernel holds ``family``: adopt or keep it, unless its fingerprints show drift (then False)."""
     current = kernel.fingerprints(family) if kernel.fresh else None
@@ -332,49 +419,49 @@ def _keep(
         if drift is not None:
             out.drifted[handle] = drift
             return False
-        applied[handle] = Applied(family, digest, ctx.now, adopted=True, fingerprints=current,
-                                  verified_at=ctx.now if current is not None else None)
+        out.records[handle] = Applied(family, digest, ctx.now, adopted=True, fingerprints=current,
+                                      verified_at=ctx.now if current is not None else None)
         out.adopted.append(handle)
         if current is not None:
             out.learned.append(handle)
-        ctx.settler.settled(handle)
+        out.settled.add(handle)
         return True
     drift = _drift(family, kernel, prev.fingerprints)
     if drift is not None:
         out.drifted[handle] = drift
         return False
-    prev.family = family
     if current is not None:
-        prev.verified_at = ctx.now
+        out.records[handle] = Applied(family, digest, prev.at, prev.adopted, fingerprints=current, verified_at=ctx.now)
         if prev.fingerprints != current:
-            prev.fingerprints = current
             out.learned.append(handle)
+    elif prev.family is not family:  # keep the plan object the caller now shares (and its argv tuples)
+        out.records[handle] = Applied(family, digest, prev.at, prev.adopted, prev.fingerprints, prev.verified_at)
     out.unchanged += 1
     if kernel.fresh or family.parent.name in kernel.observed:
-        ctx.settler.verified(handle, ctx.now)
+        out.verified.add(handle)
     return True
 
 
 def _decide(
-    handle: str, family: FamilyChains, digest: str | None, prev: Applied | None, kernel: KernelTable,
-    ctx: Context, out: Classified,
+    handle: str, family: FamilyChains, prev: Applied | None, kernel: KernelTable, ctx: Context, out: _Found,
 ) -> bool:
     """Whether to write ``handle`` now (its CNI is done with the parent); records waits and watches."""
     parent_name = family.parent.name
     parent = kernel.parent(parent_name)
     settler, now = ctx.settler, ctx.now
     if handle in ctx.force and parent is not Parent.ABSENT:
-        settler.settled(handle)
+        out.settled.add(handle)
         return True
     if parent is Parent.ABSENT:
-        out.skipped[handle] = settler.wait(handle, now, f"parent chain {parent_name} does not exist (the CNI "
-                                           "creates it): looked at again")
+        out.wait(handle, f"parent chain {parent_name} does not exist (the CNI creates it): looked at again")
         return False
     watched = handle in settler.watched
     if prev is None or watched:
-        if parent is Parent.BARE and prev is None and settler.age(handle, now) < settler.settings.settle_seconds:
-            out.skipped[handle] = settler.wait(handle, now, f"the CNI is still setting up parent chain {parent_name}")
-            return False
+        if parent is Parent.BARE and prev is None:
+            out.seen.add(handle)
+            if settler.age(handle, now) < settler.settings.settle_seconds:
+                out.wait(handle, f"the CNI is still setting up parent chain {parent_name}")
+                return False
         if parent is Parent.STATIC or (watched and parent is not Parent.OURS):
             out.watch[handle] = False  # the CNI is done (or has just inserted above us): look once more
         elif parent is Parent.BARE and prev is None:

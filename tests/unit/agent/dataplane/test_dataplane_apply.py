@@ -185,6 +185,18 @@ def test_a_lock_timeout_changes_nothing_and_keeps_the_cache(cell: FakeCell) -> N
     assert retry.ok and not retry.reread and cell.holds(planned("a", "two"))
 
 
+def test_every_cache_drop_is_logged_with_its_reason(cell: FakeCell) -> None:
+    dp, log = dataplane(cell.runners)
+    dp.apply({"a": planned("a", "one"), "b": planned("b", "one")})
+    cell.delete("a")
+    dp.apply({"a": planned("a", "two"), "b": planned("b", "two")})  # the cache believed netout--a existed
+    dp.invalidate("verification")
+    dp.invalidate("again")  # nothing cached: nothing to drop
+    drops = [(e["version"], e["reason"]) for e in log_events(log, "kernel-cache-invalidated")]
+    assert len(drops) == 3 and "netout--a" in drops[0][1] and drops[0][0] == 4
+    assert sorted(drops[1:]) == [(4, "verification"), (6, "verification")]
+
+
 def test_restores_are_bounded_and_what_is_left_is_retried_next_cycle(cell: FakeCell) -> None:
     dp, _ = dataplane(cell.runners, max_restores=3)
     dp.apply({"a": planned("a", "one"), "b": planned("b", "one")})

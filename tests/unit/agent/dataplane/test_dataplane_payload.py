@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynamic_asgs.agent.dataplane.payload import Owner, Payload, Write
+from dynamic_asgs.agent.dataplane.payload import Owner, OwnerKind, Payload, Write
 from dynamic_asgs.asg.translate import ChainSettings
 from dynamic_asgs.iptables.render import content_hash
 from support.plans import container, groups_for, plan
@@ -38,17 +38,17 @@ def test_every_line_has_its_owner() -> None:
     for line, owner in zip(lines, owners, strict=True):
         assert owner is not None
         if line in ("*filter", "COMMIT"):
-            assert owner.kind == "frame"
+            assert owner.kind is OwnerKind.FRAME
         elif line.startswith("-F netout--") and "gone" not in line:
-            assert owner == Owner("guard", line[-1])
+            assert owner == Owner(OwnerKind.GUARD, line[-1])
         elif "netout--gone" in line:
-            assert owner.kind in ("close-guard", "close") and owner.name == "netout--gone"
+            assert owner.kind in (OwnerKind.CLOSE_GUARD, OwnerKind.CLOSE) and owner.name == "netout--gone"
         elif "casg-gone" in line:
-            assert owner == Owner("delete", "casg-gone")
+            assert owner == Owner(OwnerKind.DELETE, "casg-gone")
         else:
             chain = line[1:].split()[0] if line.startswith(":") else line.split()[1]
             handle = "a" if chain in ("asg-a", "netout--a", "netout--a--log") else "b"
-            assert owner == Owner("write", handle), line
+            assert owner == Owner(OwnerKind.WRITE, handle), line
     assert payload.owner_of(0) is None and payload.owner_of(len(lines) + 1) is None and payload.owner_of(None) is None
 
 

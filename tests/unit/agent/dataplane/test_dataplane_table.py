@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from typing import Any
 
 from dynamic_asgs.agent.dataplane.payload import Write
 from dynamic_asgs.agent.dataplane.settle import Settler, SettleSettings
 from dynamic_asgs.agent.dataplane.table import (
     Applied,
+    Classified,
     Context,
     KernelTable,
     Parent,
@@ -51,12 +54,23 @@ def ctx(now: float, renderer: Renderer | None = None, settler: Settler | None = 
     return Context(renderer=renderer or Renderer(), now=now, settler=settler or Settler(), **kw)
 
 
+def classify_and_record(
+    kernel: KernelTable, applied: dict[str, Applied], wanted: Mapping[str, FamilyChains], context: Context
+) -> Classified:
+    """``classify`` changes none of its inputs; then what it found is recorded, as the cycle does."""
+    before = copy.deepcopy((applied, context.settler))
+    out = classify(kernel, applied, wanted, context)
+    assert (applied, context.settler) == before
+    out.record(applied, context.settler, context.now)
+    return out
+
+
 def test_an_unchanged_plan_costs_no_hashing_even_as_a_new_object() -> None:
     old = family("a")
     kernel = kernel_with(old)
     applied = {"a": Applied(old, content_hash(old), 1.0, adopted=False)}
     renderer = CountingRenderer()
-    out = classify(kernel, applied, {"a": family("a")}, ctx(2.0, renderer))
+    out = classify_and_record(kernel, applied, {"a": family("a")}, ctx(2.0, renderer))
     assert out.unchanged == 1 and not out.writes and renderer.digests == 0
     assert applied["a"].at == 1.0  # unchanged keeps the time it was enforced since
 
@@ -72,19 +86,19 @@ def test_adopt_write_force_skip_and_scope() -> None:
     kernel.observe(looked, cni.read_chains(looked))  # a look at the new containers' parents: no netout--d
     applied: dict[str, Applied] = {}
     wanted = {"a": right, "b": changed, "c": family("c"), "d": family("d"), "e": family("e")}
-    out = classify(kernel, applied, wanted, ctx(5.0, scope={"b", "c", "d"}))
-    assert out.adopted == ["a"] and applied["a"].adopted and applied["a"].at == 5.0
-    assert [w.handle for w in out.writes] == ["b", "c"] and out.pending == ["e"]
+    out = classify_and_record(kernel, applied, wanted, ctx(5.0, scope={"b", "c", "d"}))
+    assert out.adopted == ("a",) and applied["a"].adopted and applied["a"].at == 5.0
+    assert [w.handle for w in out.writes] == ["b", "c"] and out.pending == ("e",)
     assert list(out.skipped) == ["d"] and "netout--d does not exist" in out.skipped["d"]
     kernel.end_cycle()
-    forced = classify(kernel, applied, {"a": right, "d": family("d")}, ctx(6.0, force={"a", "d"}))
+    forced = classify_and_record(kernel, applied, {"a": right, "d": family("d")}, ctx(6.0, force={"a", "d"}))
     assert [w.handle for w in forced.writes] == ["a", "d"]  # a forced sync tries a parent not looked at
 
 
 def test_a_fresh_read_makes_absent_parents_wait_even_when_forced() -> None:
     kernel = kernel_with()
     settler = Settler()
-    out = classify(kernel, {}, {"x": family("x")}, ctx(0.0, settler=settler, force={"x"}))
+    out = classify_and_record(kernel, {}, {"x": family("x")}, ctx(0.0, settler=settler, force={"x"}))
     assert list(out.skipped) == ["x"] and not out.writes and settler.looking("x")
 
 
@@ -116,18 +130,18 @@ def test_parent_states_from_a_look() -> None:
 def test_a_new_container_waits_for_the_cni_static_rules_then_is_written_and_looked_at_once_more() -> None:
     settler = Settler(SettleSettings(settle_seconds=10, watch_seconds=60, recheck=0.5))
     n = family("n")
-    bare = classify(_parent(REJECT), {}, {"n": n}, ctx(100.0, settler=settler))
+    bare = classify_and_record(_parent(REJECT), {}, {"n": n}, ctx(100.0, settler=settler))
     assert not bare.writes and "still setting up" in bare.skipped["n"] and settler.looking("n")
     assert not settler.due("n", 100.2) and settler.due("n", 100.5)
-    done = classify(_parent(*STATIC), {}, {"n": n}, ctx(101.0, settler=settler))
+    done = classify_and_record(_parent(*STATIC), {}, {"n": n}, ctx(101.0, settler=settler))
     assert [w.handle for w in done.writes] == ["n"] and done.watch == {"n": False}  # once more
 
 
 def test_a_bare_parent_is_written_after_the_settle_time_and_watched() -> None:
     settler = Settler(SettleSettings(settle_seconds=10, watch_seconds=60, recheck=0.5))
     n = family("n")
-    assert not classify(_parent(REJECT), {}, {"n": n}, ctx(100.0, settler=settler)).writes
-    late = classify(_parent(REJECT), {}, {"n": n}, ctx(110.0, settler=settler))
+    assert not classify_and_record(_parent(REJECT), {}, {"n": n}, ctx(100.0, settler=settler)).writes
+    late = classify_and_record(_parent(REJECT), {}, {"n": n}, ctx(110.0, settler=settler))
     assert [w.handle for w in late.writes] == ["n"] and late.watch == {"n": True}
 
 
@@ -148,15 +162,15 @@ def test_an_edit_in_place_is_drift_once_the_fingerprint_is_known() -> None:
     fake.table.create_chain("netout--a", [REJECT.replace("netout--n", "netout--a")])
     fake.restore(["*filter", *family_lines(a), "COMMIT"])
     applied: dict[str, Applied] = {}
-    first = classify(KernelTable(fake.save()), applied, {"a": a}, ctx(1.0))
-    assert first.adopted == ["a"] and first.learned == ["a"] and applied["a"].fingerprints
-    again = classify(KernelTable(fake.save()), applied, {"a": a}, ctx(2.0))
+    first = classify_and_record(KernelTable(fake.save()), applied, {"a": a}, ctx(1.0))
+    assert first.adopted == ("a",) and first.learned == ("a",) and applied["a"].fingerprints
+    again = classify_and_record(KernelTable(fake.save()), applied, {"a": a}, ctx(2.0))
     assert again.unchanged == 1 and not again.drifted
     rules = fake.table.rules("asg-a")
     widened = [r.replace("10.0.0.1-10.0.0.1", "0.0.0.0-255.255.255.255") for r in rules]
     assert widened != rules
     fake.table.chains["asg-a"] = widened  # same first rule, same count: only the text differs
-    drifted = classify(KernelTable(fake.save()), applied, {"a": a}, ctx(3.0))
+    drifted = classify_and_record(KernelTable(fake.save()), applied, {"a": a}, ctx(3.0))
     assert "asg-a was edited in place" in drifted.drifted["a"] and [w.handle for w in drifted.writes] == ["a"]
 
 
