@@ -62,6 +62,11 @@ class AgentSettings:
     watch_seconds: float = 60.0
     verify_interval: float = 60.0
     fingerprint_file: Path | None = None
+    cell_id: str = ""
+    cell_name: str = ""
+    report_interval: float = 60.0
+    denied_check_interval: float = 30.0
+    denied_window: float = 600.0
 
 
 def deny_networks_from(raw: dict[str, Any], key: str, version: int, source: str) -> DenyNetworks:
@@ -147,4 +152,9 @@ def load_settings(path: str | Path) -> AgentSettings:
         watch_seconds=float(raw["new_container_watch_seconds"]),
         verify_interval=float(raw["kernel_verify_interval_seconds"]),
         fingerprint_file=Path(raw["fingerprint_file"]) if raw["fingerprint_file"] else None,
+        cell_id=raw["cell_id"],
+        cell_name=raw["cell_name"] or raw["cell_id"],
+        report_interval=float(raw["report_interval_seconds"]),
+        denied_check_interval=float(raw["denied_egress_check_interval_seconds"]),
+        denied_window=float(raw["denied_egress_window_seconds"]),
     )

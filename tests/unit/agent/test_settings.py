@@ -77,3 +77,13 @@ def test_loggregator_v2(tmp_path: Path) -> None:
                                     "loggregator_key_path": "k", "loggregator_job_name": "diego-cell"}}
     s = load_settings(write(tmp_path, conf))
     assert s.loggregator is not None and s.loggregator.address == "127.0.0.1:3459"
+
+
+def test_the_cell_identity_for_fleet_reports_defaults_its_name_and_refuses_bad_ids(tmp_path: Path) -> None:
+    silk = load_settings(write(tmp_path, SILK))
+    assert (silk.cell_id, silk.report_interval, silk.denied_check_interval) == ("", 60.0, 30.0)  # no id: no reports
+    named = load_settings(write(tmp_path, {**SILK, "cell_id": "6a1e-4f2b", "report_interval_seconds": 15}))
+    assert (named.cell_id, named.cell_name, named.report_interval) == ("6a1e-4f2b", "6a1e-4f2b", 15.0)
+    for key, value in (("cell_id", "a b"), ("cell_name", "diego-cell/0\n"), ("report_interval_seconds", 1)):
+        with pytest.raises(ConfigError, match=key):
+            load_settings(write(tmp_path, {**SILK, key: value}))

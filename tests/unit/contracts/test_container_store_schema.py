@@ -25,7 +25,8 @@ SCHEMA = json.loads((ROOT / "docs" / "container-store.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 GOOD_IDS = ["32a7bfc2-699f-495b-51b6-3e18", "check-32a7bfc2-699f-495b-51b6-3e18", "a", "A_b.c-9", "x" * 128]
-BAD_IDS = ["", "-leading", "has space", "semi;colon", "x" * 129, "tab\there", "quote'", 7, None, ["a"]]
+BAD_IDS = ["", "-leading", "trailing-newline\n", "has space", "semi;colon", "x" * 129, "tab\there", "quote'", 7, None,
+           ["a"]]
 GOOD_OPTIONAL = ["", None, *GOOD_IDS]
 GOOD_IPS = ["10.255.0.7", "fd00::7", ""]
 BAD_IPS = ["10.0.0.1 ", "fe80::1%eth0", 10, "10.0.0.1/24"]

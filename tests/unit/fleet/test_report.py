@@ -48,6 +48,7 @@ def good() -> dict[str, Any]:
     (("cell", "id"), "x; DROP TABLE cell_reports", "cell.id"),
     (("cell", "id"), "", "cell.id"),
     (("cell", "name"), "a\nb", "cell.name"),
+    (("cell", "name"), "diego-cell/0\n", "cell.name"),
     (("interval_seconds",), 0, "interval_seconds"),
     (("interval_seconds",), "60", "interval_seconds"),
     (("dataset_version",), 10**30, "dataset_version"),
