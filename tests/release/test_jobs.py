@@ -368,3 +368,17 @@ def test_bad_properties_fail_the_render_with_a_clear_message(job: str, propertie
         render_job(JOBS / job, props, links=links_for(job))
     assert message in str(info.value)
     assert "Traceback" not in str(info.value)
+
+
+def test_the_agent_reports_as_its_bosh_instance_unless_fleet_reports_are_off(tmp_path: Path) -> None:
+    spec = {"name": "diego-cell", "index": 3, "id": "0c4e7a1b-2d3f-4e5a-8b9c-0d1e2f3a4b5c"}
+    agent = check_loads("dynamic-asgs-agent", render_job(JOBS / "dynamic-asgs-agent", REQUIRED["dynamic-asgs-agent"],
+                                                         spec=spec), tmp_path)
+    assert (agent.cell_id, agent.cell_name) == ("0c4e7a1b-2d3f-4e5a-8b9c-0d1e2f3a4b5c", "diego-cell/3")
+    assert (agent.report_interval, agent.denied_check_interval, agent.denied_window) == (60, 30, 600)
+    off = check_loads("dynamic-asgs-agent", render_job(
+        JOBS / "dynamic-asgs-agent", {**REQUIRED["dynamic-asgs-agent"], "fleet_reports": {"enabled": False,
+                                                                                        "interval_seconds": 20},
+                                      "denied_egress": {"check_interval_seconds": 0, "window_seconds": 120}},
+        spec=spec), tmp_path / "off")
+    assert (off.cell_id, off.report_interval, off.denied_check_interval, off.denied_window) == ("", 20, 0, 120)
