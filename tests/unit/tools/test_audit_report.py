@@ -11,6 +11,15 @@ from typing import Any
 
 import pytest
 
+from dynamic_asgs.agent.status import (
+    AgentStatus,
+    ContainerStatus,
+    Drift,
+    PolicyServerStatus,
+    StoreStatus,
+    Totals,
+    instant,
+)
 from dynamic_asgs.cli import main
 from dynamic_asgs.errors import InputError
 from dynamic_asgs.tools.audit import (
@@ -32,15 +41,19 @@ CURRENT = Current(version=7, changed_at=NOW - 40)
 
 def status(containers: dict[str, int | None], *, agent_version: int | None = 7, error: str | None = None
            ) -> dict[str, Any]:
-    """An /asg-status document shaped like the converger's."""
-    return {
-        "dataset_version": agent_version, "dataset_changed_at": None,
-        "containers": {h: {"app_guid": f"app-{h}", "space_guid": "s1", "workload": "app", "ruleset": {},
-                           "rule_count": 3, "applied_at": "2023-11-14T22:13:00.000Z", "dataset_version": v,
-                           "enforcing_since": "2023-11-14T22:13:00.000Z" if v is not None else None}
-                       for h, v in containers.items()},
-        "totals": {}, "last_cycle": {}, "policy_server": {"error": error, "last_success": None}, "store": {},
-    }
+    """An /asg-status document as the agent writes it."""
+    at = instant(1_699_999_980.0)  # 2023-11-14T22:13:00.000Z
+    entries = {h: ContainerStatus(app_guid=f"app-{h}", space_guid="s1", workload="app", ruleset={}, rule_count=3,
+                                  applied_at=at, verified_at=None, dataset_version=v,
+                                  enforcing_since=at if v is not None else None) for h, v in containers.items()}
+    lagging = sum(1 for v in containers.values() if v != agent_version)
+    return AgentStatus(
+        dataset_version=agent_version, dataset_changed_at=None, containers=entries,
+        totals=Totals(containers=len(entries), rules=3 * len(entries), lagging=lagging, store_entries=len(entries),
+                      invalid_store_entries=0),
+        last_cycle=None, drift=Drift(repaired=0, last=None), settling=(),
+        policy_server=PolicyServerStatus(error=error, last_success=None, refused_spaces={}),
+        store=StoreStatus(error=None)).to_json()
 
 
 def target(name: str) -> AgentTarget:
