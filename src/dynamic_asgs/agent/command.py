@@ -35,6 +35,7 @@ from dynamic_asgs.agent.dataplane.settle import SettleSettings
 from dynamic_asgs.agent.endpoints import LocalServer, debug_server, force_server
 from dynamic_asgs.agent.metrics import AgentMetrics
 from dynamic_asgs.agent.policy_client import PolicyClient
+from dynamic_asgs.agent.results import CycleKind
 from dynamic_asgs.agent.settings import AgentSettings, load_settings
 from dynamic_asgs.agent.status import DisabledStatus
 from dynamic_asgs.agent.watcher import PolicyWatcher
@@ -168,7 +169,7 @@ def _next_verify(s: AgentSettings, converger: Converger, verified_at: float) -> 
 
 def _loop(s: AgentSettings, converger: Converger, stop: threading.Event, wake: threading.Event, log: Logger,
           metrics: AgentMetrics) -> None:
-    verified_at, kind = -math.inf, "full"
+    verified_at, kind = -math.inf, CycleKind.FULL
     while not stop.is_set():
         if time.monotonic() >= _next_verify(s, converger, verified_at):
             verified_at = time.monotonic()  # before the cycle: what it writes is learned by the next read
@@ -178,15 +179,15 @@ def _loop(s: AgentSettings, converger: Converger, stop: threading.Event, wake: t
         while not stop.is_set():
             if wake.is_set():
                 wake.clear()
-                kind = "policy-change"
+                kind = CycleKind.POLICY_CHANGE
                 break
             now = time.monotonic()
             next_verify = _next_verify(s, converger, verified_at)
             if now >= next_poll or now >= next_verify:
-                kind = "full"
+                kind = CycleKind.FULL
                 break
             if converger.store_changed():
-                kind = "store-change"
+                kind = CycleKind.STORE_CHANGE
                 break
             look = converger.next_look()
             if look is not None and look <= time.time():

@@ -10,9 +10,10 @@ Goals and the mechanism serving each:
 * **Serialised** — full cycles, forced syncs, cleanups, settle passes and every other
   dataplane call take the agent's one lock, so a force call from the CNI never
   interleaves with a cycle.
-* **Status never waits** — each call ends by publishing a frozen
-  :class:`~.status.AgentStatus` snapshot; ``/asg-status`` returns the last one without
-  taking the lock, so it answers while a cycle runs (or hangs on the iptables lock).
+* **Status never waits** — every dataplane write, and the end of each call, publishes a
+  frozen :class:`~.status.AgentStatus` snapshot; ``/asg-status`` returns the last one
+  without taking the lock, so it answers while a cycle runs (or hangs on the iptables
+  lock). A write is published before the converger logs, counts or announces it.
 * **One job per module** — a full cycle returns a frozen :class:`~.results.CycleResult`;
   the :class:`~.ledger.Ledger` records which dataset version each container enforces and
   since when (``/asg-status``, the fleet audit, ``asg_containers_lagging``);
@@ -35,7 +36,7 @@ from dynamic_asgs.agent.ledger import Ledger
 from dynamic_asgs.agent.metrics import AgentMetrics
 from dynamic_asgs.agent.policy_client import Result
 from dynamic_asgs.agent.refused_spaces import RefusedSpaces
-from dynamic_asgs.agent.results import CycleResult
+from dynamic_asgs.agent.results import CycleKind, CycleResult
 from dynamic_asgs.asg.model import Container, SecurityGroup
 from dynamic_asgs.asg.translate import ChainSettings, ContainerChains, GroupIndex, plan_container
 from dynamic_asgs.errors import (
@@ -108,11 +109,11 @@ class Converger:
         #: When (monotonic) a cycle last wrote chains: their fingerprints are learned at the next read.
         self.last_write = 0.0
         with self._lock:
-            self._status = self._snapshot(self._dataplane.state())
+            self._publish()
 
     # -- entry points --------------------------------------------------------------------
 
-    def cycle(self, kind: str = "full") -> CycleResult:
+    def cycle(self, kind: CycleKind = CycleKind.FULL) -> CycleResult:
         """A full cycle; its result carries the dataplane's report (None when nothing could be planned)."""
         with self._lock:
             started = time.monotonic()
@@ -129,9 +130,9 @@ class Converger:
                 kind=kind, seconds=time.monotonic() - started, finished_at=self._clock(), report=report, error=error,
                 dataset_version=self.dataset_version, dataset_changed_at=self.dataset_changed_at, enforced=state,
                 lagging=self._ledger.lagging(state, self.dataset_version))
-            self._metrics.observe_cycle(result)
             self._last_cycle = _last_cycle(result)
-            self._status = self._snapshot(state)
+            self._publish(state)
+            self._metrics.observe_cycle(result)
             return result
 
     def sync_container(self, handle: str) -> None:
@@ -144,7 +145,7 @@ class Converger:
             try:
                 self._sync_container(handle)
             finally:
-                self._status = self._snapshot(self._dataplane.state())
+                self._publish()
 
     def cleanup_container(self, handle: str) -> None:
         """Remove the chains of every container no longer in the store (the CNI's DEL call).
@@ -158,7 +159,7 @@ class Converger:
             try:
                 self._cleanup(handle)
             finally:
-                self._status = self._snapshot(self._dataplane.state())
+                self._publish()
 
     def settle(self) -> ApplyReport | None:
         """Look again at containers waiting for their CNI or watched after a write (no policy request).
@@ -181,7 +182,6 @@ class Converger:
                     plans[handle] = plan
             report = self._apply("settle", lambda: self._dataplane.settle(plans), plans, partial=True)
             self._metrics.observe_call("settle", ok=report.ok)
-            self._status = self._snapshot(self._dataplane.state())
             return report
 
     def next_look(self) -> float | None:
@@ -337,9 +337,11 @@ class Converger:
                                                             "reason": "still in the container metadata store"})
         started = time.monotonic()
         report = self._dataplane.remove_orphans(live)
-        self._metrics.observe_cleanup(time.monotonic() - started, report)
-        self._learn_timing(report)
+        seconds = time.monotonic() - started
         self._ledger.keep_only(live)
+        self._publish()
+        self._metrics.observe_cleanup(seconds, report)
+        self._learn_timing(report)
         if not report.ok:
             reasons = [f.error for f in report.families.values() if f.error]
             raise EnforcementFailed(handle, "; ".join(reasons) or "cleanup incomplete")
@@ -348,13 +350,19 @@ class Converger:
 
     def _apply(self, kind: str, call: Callable[[], ApplyReport], planned: Mapping[str, ContainerChains], *,
                partial: bool) -> ApplyReport:
-        """Make one dataplane write; observe it, announce its changes and record them in the ledger."""
+        """Make one dataplane write; record it in the ledger, publish the status, observe it, announce its changes.
+
+        The status is published first, so whoever sees one of this call's log lines or
+        metrics and then asks ``/asg-status`` finds the change there.
+        """
         started = time.monotonic()
         report = call()
-        self._metrics.observe_apply(kind, time.monotonic() - started, report)
+        seconds = time.monotonic() - started
+        self._ledger.record(report, planned, self.dataset_version, self._clock(), partial=partial)
+        self._publish()
+        self._metrics.observe_apply(kind, seconds, report)
         self._learn_timing(report)
         self._announce(report, planned)
-        self._ledger.record(report, planned, self.dataset_version, self._clock(), partial=partial)
         return report
 
     def _learn_timing(self, report: ApplyReport) -> None:
@@ -384,8 +392,12 @@ class Converger:
             if container is not None and self._emitter is not None and handle in replaced:
                 self._emitter.emit(container, APP_MESSAGE)
 
+    def _publish(self, state: Mapping[str, AppliedContainer] | None = None) -> None:
+        """Replace the status snapshot (holding the lock: after every dataplane write and at the end of each call)."""
+        self._status = self._snapshot(self._dataplane.state() if state is None else state)
+
     def _snapshot(self, state: Mapping[str, AppliedContainer]) -> st.AgentStatus:
-        """The status as of now (called holding the lock, at the end of every call)."""
+        """The status as of now."""
         enforced = self._ledger.snapshot()
         containers: dict[str, st.ContainerStatus] = {}
         for handle, applied in sorted(state.items()):
@@ -419,7 +431,7 @@ class Converger:
 def _last_cycle(result: CycleResult) -> st.LastCycle:
     report = result.report
     return st.LastCycle(
-        kind=result.kind, finished_at=st.instant(result.finished_at), duration_seconds=round(result.seconds, 6),
+        kind=result.kind.value, finished_at=st.instant(result.finished_at), duration_seconds=round(result.seconds, 6),
         error=result.error, report=st.CycleSummary.from_json(report.summary()) if report else None,
         failed=dict(report.failed) if report else {}, skipped=dict(report.skipped) if report else {},
         refused=dict(report.refused) if report else {}, drifted=dict(report.drifted) if report else {})

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 from dynamic_asgs.agent.dataplane.report import AppliedContainer, ApplyReport
 
-__all__ = ["CycleResult"]
+__all__ = ["CycleKind", "CycleResult"]
+
+
+class CycleKind(StrEnum):
+    """What started a full cycle (its ``kind`` label in the metrics, ``last_cycle.kind`` in the status)."""
+
+    FULL = "full"  # the first one, the poll interval, or a whole-table verification due
+    POLICY_CHANGE = "policy-change"  # the blocking query saw this cell's groups change
+    STORE_CHANGE = "store-change"  # the container metadata store changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +28,7 @@ class CycleResult:
     ran but a container or a family failed.
     """
 
-    kind: str
+    kind: CycleKind
     seconds: float
     finished_at: float  # UNIX time
     report: ApplyReport | None

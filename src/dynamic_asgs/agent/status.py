@@ -60,10 +60,13 @@ def format_instant(at: datetime | None) -> str | None:
 
 
 def parse_instant(text: str) -> datetime:
-    """The inverse of :func:`format_instant`; raises ValueError for any other form."""
-    if not _INSTANT.fullmatch(text):
-        raise ValueError(f"expected a UTC time like 2023-11-14T22:13:20.123Z, got {text!r}")
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    """The inverse of :func:`format_instant`; raises :class:`DocumentError` for any other form."""
+    try:
+        if _INSTANT.fullmatch(text):
+            return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:  # the form, but no such date (month 13)
+        pass
+    raise DocumentError(f"expected a UTC time like 2023-11-14T22:13:20.123Z, got {text[:40]!r}")
 
 
 class _Object:
@@ -118,7 +121,7 @@ class _Object:
     def instant_at(self, key: str) -> datetime:
         try:
             return parse_instant(self.text(key))
-        except ValueError as exc:
+        except DocumentError as exc:
             raise DocumentError(f"{self._at(key)}: {exc}") from None
 
     def opt_instant(self, key: str) -> datetime | None:

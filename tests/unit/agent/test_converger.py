@@ -19,6 +19,7 @@ from dynamic_asgs.agent.dataplane import Dataplane
 from dynamic_asgs.agent.endpoints import debug_server
 from dynamic_asgs.agent.metrics import AgentMetrics
 from dynamic_asgs.agent.policy_client import Result
+from dynamic_asgs.agent.results import CycleKind
 from dynamic_asgs.agent.status import AgentStatus, Totals
 from dynamic_asgs.asg.model import Container
 from dynamic_asgs.asg.parse import parse_groups_document
@@ -336,7 +337,7 @@ def test_a_settle_pass_writes_a_container_whose_parent_came_after_its_store_entr
     cell.policy.set("s1", tcp("10.0.0.1", "80"))
     cell.converger.cycle()
     cell.add("late", "s1", parent=False)  # the store entry first, as cni-wrapper-plugin writes it
-    report = cell.converger.cycle("store-change").report
+    report = cell.converger.cycle(CycleKind.STORE_CHANGE).report
     assert report is not None and "late" in report.skipped and cell.converger.next_look() is not None
     calls = len(cell.policy.calls)
     cell.runner.table.create_chain("netout--late", ["-j REJECT --reject-with icmp-port-unreachable"])
