@@ -21,7 +21,7 @@ from dynamic_asgs.agent.status import (
     instant,
 )
 from dynamic_asgs.cli import main
-from dynamic_asgs.errors import InputError
+from dynamic_asgs.errors import InputError, UpstreamError
 from dynamic_asgs.tools.audit import (
     EXIT_LAGGING,
     EXIT_OK,
@@ -96,6 +96,11 @@ def test_exit_status(max_lag: float, unreachable: bool, expected: int, state: st
 def test_everything_current_is_ok_and_an_empty_cell_counts() -> None:
     report = build_report(CURRENT, [(target("a"), status({"a1": 7})), (target("e"), status({}))], now=NOW, max_lag=0)
     assert report.exit_code() == EXIT_OK and report.totals()["containers"] == 1
+
+
+def test_an_agent_with_asg_syncing_disabled_is_unusable_not_a_crash() -> None:
+    report = build_report(CURRENT, [(target("a"), {"enable_asg_syncing": False})], now=NOW, max_lag=0)
+    assert not report.cells[0].reachable and "not an /asg-status document" in str(report.cells[0].error)
 
 
 def test_an_unknown_change_time_counts_as_beyond_any_lag() -> None:
@@ -192,6 +197,8 @@ def test_fetching_reports_each_failure_in_one_line(agent_url: str, tmp_path: Pat
     assert str(answers["text"]) == "answer is not JSON"
     assert str(answers["dead"]).startswith("cannot connect")
     assert "cannot read" in str(answers["nofile"])
+    assert isinstance(answers["nofile"], InputError) and isinstance(answers["err"], UpstreamError)
+    assert isinstance(answers["dead"], UpstreamError) and isinstance(answers["text"], UpstreamError)
 
 
 def test_the_command_fails_cleanly_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
