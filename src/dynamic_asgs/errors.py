@@ -10,14 +10,17 @@ Subprocess, HTTP and database errors are turned into these at one boundary each
     ├── ValidationError      a security group, a store entry or another outside value fails validation
     │   ├── RuleError        one rule: names the group, the rule index, the field, the reason
     │   ├── UnsafeToken      the renderer refused a token, chain name or line that could leave its place
-    │   └── ChainNameCollision  two containers' chain names are the same (names both handles)
+    │   ├── ChainNameCollision  two containers' chain names are the same (names both handles)
+    │   └── DocumentError    a document from another process (``/asg-status``) does not match its schema
     ├── RenderRefused        the renderer refused a token of one container's chains (names the container)
     ├── StoreError           the container metadata store is missing, torn or corrupt
+    ├── UnknownContainer     a forced sync names a container the metadata store does not hold
+    ├── EnforcementFailed    a forced sync or cleanup did not complete (names the container and why)
     ├── UnsafeFile           a file opened by path is a symbolic link (or not a regular file): refused
     ├── IptablesError        iptables-save / iptables-restore failed
     │   ├── LockTimeout      the iptables lock was not acquired within the bound
     │   └── RestoreError     a restore payload was refused (carries the failing line)
-    ├── UpstreamError        Cloud Controller, UAA or the policy server answered badly
+    ├── UpstreamError        Cloud Controller, UAA, the policy server or an agent answered badly
     │   ├── RefusedRequest   the peer refused the request itself (HTTP 4xx): repeating it will not help
     │   ├── RefusedAnswer    we refused the peer's answer: it broke a bound (see :class:`Refusal`)
     │   └── UnstableListing  the ASG listing changed while it was being paged
@@ -33,7 +36,9 @@ __all__ = [
     "ChainNameCollision",
     "ConfigError",
     "DatabaseError",
+    "DocumentError",
     "DynamicASGsError",
+    "EnforcementFailed",
     "InputError",
     "IptablesError",
     "LeaseLost",
@@ -45,6 +50,7 @@ __all__ = [
     "RestoreError",
     "RuleError",
     "StoreError",
+    "UnknownContainer",
     "UnsafeFile",
     "UnsafeToken",
     "UnstableListing",
@@ -108,6 +114,13 @@ class ChainNameCollision(ValidationError):
                          "(chain names keep only a handle's first characters): refused, the other is left as it is")
 
 
+class DocumentError(ValidationError):
+    """A document from another process (an agent's ``/asg-status``) does not match its schema.
+
+    The message starts with the path of the offending value (``containers.h1.dataset_version: ...``).
+    """
+
+
 class RenderRefused(DynamicASGsError):
     """The renderer refused a token of one container's chains; ``handle`` names the container."""
 
@@ -119,6 +132,26 @@ class RenderRefused(DynamicASGsError):
 
 class StoreError(DynamicASGsError):
     """The container metadata store cannot be read."""
+
+
+class UnknownContainer(DynamicASGsError):
+    """A forced sync names container ``handle``, which the container metadata store does not hold."""
+
+    def __init__(self, handle: str) -> None:
+        self.handle = handle
+        super().__init__(f"container {handle} is not in the container metadata store")
+
+
+class EnforcementFailed(DynamicASGsError):
+    """A forced sync or cleanup of container ``handle`` did not complete; the message says why.
+
+    The container keeps its previous rules (or chains); the next cycle retries.
+    """
+
+    def __init__(self, handle: str, reason: str) -> None:
+        self.handle = handle
+        self.reason = reason
+        super().__init__(reason)
 
 
 class UnsafeFile(DynamicASGsError):
@@ -147,7 +180,7 @@ class RestoreError(IptablesError):
 
 
 class UpstreamError(DynamicASGsError):
-    """A remote service (Cloud Controller, UAA, policy server) failed or answered badly."""
+    """A remote service (Cloud Controller, UAA, policy server, an agent's status endpoint) failed or answered badly."""
 
 
 class RefusedRequest(UpstreamError):

@@ -7,7 +7,8 @@ new container waits for its CNI or a written one is watched (:mod:`.dataplane.se
 and every ``kernel_verify_interval_seconds`` (at least twenty times what a whole-table
 read last cost, so verifying never takes more than about 5% of a core) the next cycle
 reads the whole table, which finds and repairs drift. The CNI's force calls run in
-the force server's threads, serialised with cycles by the converger's lock. With
+the force server's threads, serialised with cycles by the converger's lock (the agent's
+one lock; ``/asg-status`` reads the converger's last snapshot without it). With
 ``enable_asg_syncing: false`` the agent touches no iptables at all and the force
 endpoints answer 405 (the CNI then installs static rules). SIGTERM/SIGINT stop it.
 
@@ -34,7 +35,9 @@ from dynamic_asgs.agent.dataplane.settle import SettleSettings
 from dynamic_asgs.agent.endpoints import LocalServer, debug_server, force_server
 from dynamic_asgs.agent.metrics import AgentMetrics
 from dynamic_asgs.agent.policy_client import PolicyClient
+from dynamic_asgs.agent.results import CycleKind
 from dynamic_asgs.agent.settings import AgentSettings, load_settings
+from dynamic_asgs.agent.status import DisabledStatus
 from dynamic_asgs.agent.watcher import PolicyWatcher
 from dynamic_asgs.iptables.runner import IptablesRunner
 from dynamic_asgs.lager import Logger
@@ -70,7 +73,7 @@ def _disabled(s: AgentSettings, log: Logger, stop: threading.Event) -> int:
         force_server(host=s.force_host, port=s.force_port, enabled=False, sync_container=lambda h: None,
                      cleanup_container=lambda h: None, logger=log).start(),
         debug_server(host=s.debug_host, port=s.debug_port, logger=log,
-                     status=lambda: {"enable_asg_syncing": False}).start(),
+                     status=DisabledStatus).start(),
     ]
     stop.wait()
     for server in servers:
@@ -147,7 +150,7 @@ def _guarded(step: Callable[[], Any], kind: str, log: Logger, metrics: AgentMetr
     except Exception as exc:  # the daemon outlives any input (issue 13): log, count, go on
         log.error("cycle-crashed", exc, {"kind": kind, "effect": "current rules kept; retried next cycle",
                                          "traceback": traceback.format_exc(limit=20)[-4000:]})
-        metrics.cycles.labels(kind=kind, result="crash").inc()
+        metrics.observe_crash(kind)
 
 
 def _next_verify(s: AgentSettings, converger: Converger, verified_at: float) -> float:
@@ -166,7 +169,7 @@ def _next_verify(s: AgentSettings, converger: Converger, verified_at: float) -> 
 
 def _loop(s: AgentSettings, converger: Converger, stop: threading.Event, wake: threading.Event, log: Logger,
           metrics: AgentMetrics) -> None:
-    verified_at, kind = -math.inf, "full"
+    verified_at, kind = -math.inf, CycleKind.FULL
     while not stop.is_set():
         if time.monotonic() >= _next_verify(s, converger, verified_at):
             verified_at = time.monotonic()  # before the cycle: what it writes is learned by the next read
@@ -176,15 +179,15 @@ def _loop(s: AgentSettings, converger: Converger, stop: threading.Event, wake: t
         while not stop.is_set():
             if wake.is_set():
                 wake.clear()
-                kind = "policy-change"
+                kind = CycleKind.POLICY_CHANGE
                 break
             now = time.monotonic()
             next_verify = _next_verify(s, converger, verified_at)
             if now >= next_poll or now >= next_verify:
-                kind = "full"
+                kind = CycleKind.FULL
                 break
             if converger.store_changed():
-                kind = "store-change"
+                kind = CycleKind.STORE_CHANGE
                 break
             look = converger.next_look()
             if look is not None and look <= time.time():

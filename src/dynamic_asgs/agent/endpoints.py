@@ -8,7 +8,8 @@
   answers 200 ("deferred cleanup ...") as silk does, so a container deletion is never
   blocked: the next cycle retries the sweep.
 * Debug server (``debug_server_port``, 8721): ``/log-level`` (GET shows, PUT/POST sets;
-  monit's health check) and ``/asg-status`` (JSON: what each container enforces).
+  monit's health check) and ``/asg-status`` (JSON: what each container enforces; the
+  document is :class:`~.status.AgentStatus`, schema ``docs/asg-status.schema.json``).
 
 Handlers get plain callables, so the servers know nothing of the agent's internals.
 """
@@ -22,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from dynamic_asgs.agent.status import StatusDocument
 from dynamic_asgs.errors import ConfigError
 from dynamic_asgs.lager import Logger, parse_level
 
@@ -139,9 +141,12 @@ def force_server(
 
 
 def debug_server(
-    *, host: str, port: int, logger: Logger, status: Callable[[], Mapping[str, Any]]
+    *, host: str, port: int, logger: Logger, status: Callable[[], StatusDocument]
 ) -> LocalServer:
-    """``/log-level`` (GET shows, PUT/POST with the level as body sets) and ``/asg-status``."""
+    """``/log-level`` (GET shows, PUT/POST with the level as body sets) and ``/asg-status``.
+
+    ``status`` returns the current document at once (the agent's is a snapshot: it never waits for a cycle).
+    """
 
     def log_level(method: str, _: Mapping[str, list[str]], body: bytes) -> tuple[int, str, str]:
         if method == "GET":
@@ -154,7 +159,7 @@ def debug_server(
         return 200, "text/plain", logger.level
 
     def asg_status(_: str, __: Mapping[str, list[str]], ___: bytes) -> tuple[int, str, str]:
-        return 200, "application/json", json.dumps(status(), indent=1, default=str)
+        return 200, "application/json", json.dumps(status().to_json(), indent=1)
 
     routes: dict[str, Route] = {"/log-level": log_level, "/asg-status": asg_status}
     return LocalServer(host, port, routes, logger.session("debug-server"), what="debug_server_port")

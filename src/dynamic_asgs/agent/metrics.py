@@ -28,11 +28,16 @@ Prometheus (this project)                                    Go (silk vxlan-poli
 ``asg_store_errors_total``                                   (new) unreadable container store reads
 ``asg_last_cycle_timestamp_seconds`` (gauge)                 (new) last successful full cycle
 ===========================================================  =====================================
+
+The converger hands each result to one ``observe_*`` method here; no other module sets a metric.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from dynamic_asgs.agent.dataplane.report import ApplyReport
+from dynamic_asgs.agent.results import CycleResult
 
 __all__ = ["AgentMetrics"]
 
@@ -41,7 +46,7 @@ _LATENCY = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
 
 class AgentMetrics:
-    """Every agent metric, in its own registry."""
+    """Every agent metric, in its own registry, and the methods that observe the converger's results."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry or CollectorRegistry()
@@ -81,3 +86,82 @@ class AgentMetrics:
                              "(fingerprint or content changed) and rewritten", registry=r)
         self.last_cycle = Gauge("asg_last_cycle_timestamp_seconds", "When a full cycle last succeeded (unix time)",
                                 registry=r)
+        self._latency_version: int | None = None
+
+    def observe_store_read(self, seconds: float, new_errors: int) -> None:
+        """A read of the container metadata store, and how many unreadable reads it added."""
+        self.metadata.observe(seconds)
+        if new_errors > 0:
+            self.store_errors.inc(new_errors)
+
+    def observe_policy_request(self, seconds: float, *, failed: bool) -> None:
+        """One request for the groups."""
+        self.policy_poll.observe(seconds)
+        if failed:
+            self.policy_errors.inc()
+
+    def observe_groups(self, *, invalid_rules: int, dropped_groups: int, version: int | None) -> None:
+        """A policy-server answer with new groups."""
+        self.dropped_groups.set(dropped_groups)
+        self.invalid_rules.set(invalid_rules)
+        if version is not None:
+            self.version.set(version)
+
+    def observe_refused_spaces(self, count: int) -> None:
+        """How many spaces the policy server refuses now."""
+        self.refused_spaces.set(count)
+
+    def observe_apply(self, kind: str, seconds: float, report: ApplyReport) -> None:
+        """A dataplane write (``full``, ``forced`` or ``settle``): its time, restores, updates and drift repaired."""
+        self.enforce.labels(kind=kind).observe(seconds)
+        self._families(report)
+        self.updates.inc(len(report.changed))
+        self.drift.inc(len(report.drifted))
+
+    def observe_cleanup(self, seconds: float, report: ApplyReport) -> None:
+        """An orphan cleanup (the CNI's DEL call)."""
+        self.cleanup.observe(seconds)
+        self._families(report)
+        self.cycles.labels(kind="cleanup", result="ok" if report.ok else "error").inc()
+
+    def observe_call(self, kind: str, *, ok: bool) -> None:
+        """The outcome of a forced sync or a settle pass."""
+        self.cycles.labels(kind=kind, result="ok" if ok else "error").inc()
+
+    def observe_crash(self, kind: str) -> None:
+        """A step of the loop that failed unexpectedly (logged with its traceback by the loop)."""
+        self.cycles.labels(kind=kind, result="crash").inc()
+
+    def observe_cycle(self, result: CycleResult) -> None:
+        """A full cycle: its time and outcome, what the cell enforces after it, and the sync latency."""
+        self.total.labels(kind=result.kind).observe(result.seconds)
+        self.cycles.labels(kind=result.kind, result="ok" if result.ok else "error").inc()
+        self.lagging.set(result.lagging)
+        self.rules.set(sum(a.rule_count for a in result.enforced.values()))
+        report = result.report
+        if report is not None:
+            self.containers.labels(state="enforced").set(len(result.enforced))
+            self.containers.labels(state="skipped").set(len(report.skipped))
+            self.containers.labels(state="failed").set(len(report.failed))
+            self.containers.labels(state="refused").set(len(report.refused))
+            if report.ok and result.lagging == 0:
+                self._observe_latency(result)
+        if result.ok:
+            self.last_cycle.set(result.finished_at)
+
+    def _families(self, report: ApplyReport) -> None:
+        for version, fam in report.families.items():
+            family = str(version)
+            self.restores.labels(family=family).inc(fam.commits)
+            self.restore_failures.labels(family=family).inc(fam.restores - fam.commits)
+            self.payload_lines.labels(family=family).inc(fam.payload_lines)
+            self.lock_wait.labels(family=family).inc(fam.lock_wait_seconds)
+
+    def _observe_latency(self, result: CycleResult) -> None:
+        """Once per dataset version that changed while we ran: change -> enforced on every container."""
+        version = result.dataset_version
+        if version is None or version == self._latency_version:
+            return
+        if self._latency_version is not None and result.dataset_changed_at is not None:
+            self.latency.observe(max(0.0, result.finished_at - result.dataset_changed_at))
+        self._latency_version = version

@@ -27,6 +27,7 @@ from typing import Any
 
 import requests
 
+from dynamic_asgs.agent.status import AgentStatus, format_instant
 from dynamic_asgs.errors import DynamicASGsError
 from dynamic_asgs.local import topology
 from dynamic_asgs.local.pki import make_pki
@@ -383,18 +384,20 @@ class LocalEnv:
         """Per container: space, workload, rule count, ruleset, applied at; plus the dataset version."""
         ports = self.state["ports"]
         try:
-            agent = requests.get(f"http://127.0.0.1:{ports['agent_debug']}/asg-status", timeout=5).json()
+            agent = AgentStatus.from_json(
+                requests.get(f"http://127.0.0.1:{ports['agent_debug']}/asg-status", timeout=5).json())
         except (requests.RequestException, ValueError) as exc:
             raise DynamicASGsError(f"the agent's status endpoint does not answer: {exc}") from None
-        enforced = agent.get("containers", {})
         rows = {}
         for name, c in self.state["containers"].items():
-            e = enforced.get(c["handle"], {})
+            e = agent.containers.get(c["handle"])
             rows[name] = {"handle": c["handle"], "ip": c["ip"], "space": c["space"],
-                          "workload": e.get("workload"), "rule_count": e.get("rule_count"),
-                          "ruleset": (e.get("ruleset") or {}).get("ipv4"),
-                          "dataset_version": e.get("dataset_version"), "applied_at": e.get("applied_at")}
-        return {"dataset_version": agent.get("dataset_version"), "dataset_changed_at": agent.get("dataset_changed_at"),
+                          "workload": e.workload if e else None, "rule_count": e.rule_count if e else None,
+                          "ruleset": e.ruleset.get("ipv4") if e else None,
+                          "dataset_version": e.dataset_version if e else None,
+                          "applied_at": format_instant(e.applied_at) if e else None}
+        return {"dataset_version": agent.dataset_version,
+                "dataset_changed_at": format_instant(agent.dataset_changed_at),
                 "containers": rows, "processes": {n: _alive(p) for n, p in self.state["processes"].items()}}
 
 

@@ -19,7 +19,9 @@ Exit status (documented in docs/operations.md):
 * 2: bad flags or input, or the policy server could not be asked (nothing to compare with).
 
 The report is computed by pure functions (:func:`build_report`) from the fetched documents,
-so it is tested without any network.
+so it is tested without any network. Each document is read with the agent's own type
+(:meth:`~dynamic_asgs.agent.status.AgentStatus.from_json`): a document that does not match
+it makes its cell unreachable, with the path of the first bad value.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +40,8 @@ from urllib.parse import urlsplit
 import requests
 
 from dynamic_asgs.agent.policy_client import PolicyClient
-from dynamic_asgs.errors import InputError, UpstreamError
+from dynamic_asgs.agent.status import AgentStatus, format_instant, instant
+from dynamic_asgs.errors import DocumentError, InputError, UpstreamError
 
 __all__ = [
     "EXIT_LAGGING",
@@ -165,50 +168,34 @@ class AuditReport:
 
 
 def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+    return None if ts is None else format_instant(instant(ts))
 
 
-def _int_or_none(value: Any, what: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what}: expected an integer or null, got {value!r}")
-    return value
-
-
-def cell_report(target: AgentTarget, status: Any, current: Current, *, now: float, max_lag: float) -> CellReport:
+def cell_report(target: AgentTarget, status: object, current: Current, *, now: float, max_lag: float) -> CellReport:
     """Judge one agent's ``/asg-status`` document against the current version."""
-    report = CellReport(target.name, target.source, reachable=True)
     try:
-        if not isinstance(status, Mapping) or not isinstance(status.get("containers"), Mapping):
-            raise ValueError("not an /asg-status document (no 'containers' object)")
-        report.agent_dataset_version = _int_or_none(status.get("dataset_version"), "dataset_version")
-        policy = status.get("policy_server")
-        if isinstance(policy, Mapping) and policy.get("error"):
-            report.agent_error = str(policy["error"])
-        lag = None if current.changed_at is None else max(0.0, now - current.changed_at)
-        for handle, entry in sorted(status["containers"].items()):
-            if not isinstance(entry, Mapping):
-                raise ValueError(f"container {handle}: not an object")
-            version = _int_or_none(entry.get("dataset_version"), f"container {handle}: dataset_version")
-            report.containers += 1
-            if version is not None and version >= current.version:
-                report.current += 1
-                continue
-            report.lagging.append(LaggingContainer(
-                handle=str(handle), app_guid=entry.get("app_guid"), space_guid=entry.get("space_guid"),
-                dataset_version=version, enforcing_since=entry.get("enforcing_since"), lag_seconds=lag,
-                beyond_max_lag=lag is None or lag > max_lag))
-    except ValueError as exc:
+        doc = AgentStatus.from_json(status)
+    except DocumentError as exc:
         return CellReport(target.name, target.source, reachable=False, error=f"unusable status: {exc}")
+    report = CellReport(target.name, target.source, reachable=True, agent_dataset_version=doc.dataset_version,
+                        agent_error=doc.policy_server.error or None)
+    lag = None if current.changed_at is None else max(0.0, now - current.changed_at)
+    for handle, entry in sorted(doc.containers.items()):
+        version = entry.dataset_version
+        report.containers += 1
+        if version is not None and version >= current.version:
+            report.current += 1
+            continue
+        report.lagging.append(LaggingContainer(
+            handle=handle, app_guid=entry.app_guid, space_guid=entry.space_guid, dataset_version=version,
+            enforcing_since=format_instant(entry.enforcing_since), lag_seconds=lag,
+            beyond_max_lag=lag is None or lag > max_lag))
     return report
 
 
-def build_report(current: Current, answers: Sequence[tuple[AgentTarget, Any | BaseException]], *, now: float,
+def build_report(current: Current, answers: Sequence[tuple[AgentTarget, object]], *, now: float,
                  max_lag: float) -> AuditReport:
-    """The fleet report from each target's status document, or the error that stood in its way."""
+    """The fleet report from each target's status document, or the exception that stood in its way."""
     cells = [CellReport(t.name, t.source, reachable=False, error=str(a)) if isinstance(a, BaseException)
              else cell_report(t, a, current, now=now, max_lag=max_lag) for t, a in answers]
     return AuditReport(current=current, max_lag=max_lag, generated_at=now, cells=cells)
@@ -259,26 +246,31 @@ def parse_targets(agents: Iterable[str], files: Iterable[str]) -> list[AgentTarg
 
 
 def fetch_status(target: AgentTarget, timeout: float) -> Any:
-    """One agent's status document; raises a one-line error when it cannot be had."""
+    """One agent's status document (as JSON); raises a one-line error when it cannot be had.
+
+    :class:`InputError` for a saved copy that cannot be read, :class:`UpstreamError` for an agent
+    that does not answer with JSON.
+    """
     if not target.is_url:
         try:
             return json.loads(Path(target.source).read_text(encoding="utf-8"))
         except OSError as exc:
-            raise RuntimeError(f"cannot read {target.source}: {exc.strerror or exc}") from exc
-        except json.JSONDecodeError as exc:
-            raise RuntimeError(f"{target.source}: not valid JSON: line {exc.lineno}: {exc.msg}") from exc
+            raise InputError(f"cannot read {target.source}: {exc.strerror or exc}") from exc
+        except ValueError as exc:  # not JSON, or not UTF-8
+            where = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise InputError(f"{target.source}: not valid JSON: {where}") from exc
     try:
         response = requests.get(target.source, timeout=timeout)
     except requests.Timeout as exc:
-        raise RuntimeError(f"no answer within {timeout:g} s") from exc
+        raise UpstreamError(f"no answer within {timeout:g} s") from exc
     except requests.RequestException as exc:
-        raise RuntimeError(f"cannot connect: {type(exc).__name__}") from exc
+        raise UpstreamError(f"cannot connect: {type(exc).__name__}") from exc
     if response.status_code != 200:
-        raise RuntimeError(f"HTTP {response.status_code} from {target.source}")
+        raise UpstreamError(f"HTTP {response.status_code} from {target.source}")
     try:
         return response.json()
     except ValueError as exc:
-        raise RuntimeError("answer is not JSON") from exc
+        raise UpstreamError("answer is not JSON") from exc
 
 
 def fetch_all(targets: Sequence[AgentTarget], *, timeout: float, parallel: int,

@@ -102,7 +102,7 @@ def test_a_newer_version_with_the_same_answer_is_recorded_after_one_wait(agent: 
     policy.edit("s-elsewhere", [{"protocol": "udp", "destination": "10.9.9.9", "ports": "53"}])
     assert agent.woken(), "a 304 carrying a newer version must start a cycle"
     agent.converger.cycle()
-    assert agent.converger.status()["totals"]["lagging"] == 0
+    assert agent.converger.status().totals.lagging == 0
     assert agent.converger.dataset_version == policy.version
     assert not agent.woken(timeout=1.5), "once the version is recorded, a 304 is no news"
 

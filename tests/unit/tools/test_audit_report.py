@@ -11,8 +11,17 @@ from typing import Any
 
 import pytest
 
+from dynamic_asgs.agent.status import (
+    AgentStatus,
+    ContainerStatus,
+    Drift,
+    PolicyServerStatus,
+    StoreStatus,
+    Totals,
+    instant,
+)
 from dynamic_asgs.cli import main
-from dynamic_asgs.errors import InputError
+from dynamic_asgs.errors import InputError, UpstreamError
 from dynamic_asgs.tools.audit import (
     EXIT_LAGGING,
     EXIT_OK,
@@ -32,15 +41,19 @@ CURRENT = Current(version=7, changed_at=NOW - 40)
 
 def status(containers: dict[str, int | None], *, agent_version: int | None = 7, error: str | None = None
            ) -> dict[str, Any]:
-    """An /asg-status document shaped like the converger's."""
-    return {
-        "dataset_version": agent_version, "dataset_changed_at": None,
-        "containers": {h: {"app_guid": f"app-{h}", "space_guid": "s1", "workload": "app", "ruleset": {},
-                           "rule_count": 3, "applied_at": "2023-11-14T22:13:00.000Z", "dataset_version": v,
-                           "enforcing_since": "2023-11-14T22:13:00.000Z" if v is not None else None}
-                       for h, v in containers.items()},
-        "totals": {}, "last_cycle": {}, "policy_server": {"error": error, "last_success": None}, "store": {},
-    }
+    """An /asg-status document as the agent writes it."""
+    at = instant(1_699_999_980.0)  # 2023-11-14T22:13:00.000Z
+    entries = {h: ContainerStatus(app_guid=f"app-{h}", space_guid="s1", workload="app", ruleset={}, rule_count=3,
+                                  applied_at=at, verified_at=None, dataset_version=v,
+                                  enforcing_since=at if v is not None else None) for h, v in containers.items()}
+    lagging = sum(1 for v in containers.values() if v != agent_version)
+    return AgentStatus(
+        dataset_version=agent_version, dataset_changed_at=None, containers=entries,
+        totals=Totals(containers=len(entries), rules=3 * len(entries), lagging=lagging, store_entries=len(entries),
+                      invalid_store_entries=0),
+        last_cycle=None, drift=Drift(repaired=0, last=None), settling=(),
+        policy_server=PolicyServerStatus(error=error, last_success=None, refused_spaces={}),
+        store=StoreStatus(error=None)).to_json()
 
 
 def target(name: str) -> AgentTarget:
@@ -83,6 +96,11 @@ def test_exit_status(max_lag: float, unreachable: bool, expected: int, state: st
 def test_everything_current_is_ok_and_an_empty_cell_counts() -> None:
     report = build_report(CURRENT, [(target("a"), status({"a1": 7})), (target("e"), status({}))], now=NOW, max_lag=0)
     assert report.exit_code() == EXIT_OK and report.totals()["containers"] == 1
+
+
+def test_an_agent_with_asg_syncing_disabled_is_unusable_not_a_crash() -> None:
+    report = build_report(CURRENT, [(target("a"), {"enable_asg_syncing": False})], now=NOW, max_lag=0)
+    assert not report.cells[0].reachable and "not an /asg-status document" in str(report.cells[0].error)
 
 
 def test_an_unknown_change_time_counts_as_beyond_any_lag() -> None:
@@ -179,6 +197,8 @@ def test_fetching_reports_each_failure_in_one_line(agent_url: str, tmp_path: Pat
     assert str(answers["text"]) == "answer is not JSON"
     assert str(answers["dead"]).startswith("cannot connect")
     assert "cannot read" in str(answers["nofile"])
+    assert isinstance(answers["nofile"], InputError) and isinstance(answers["err"], UpstreamError)
+    assert isinstance(answers["dead"], UpstreamError) and isinstance(answers["text"], UpstreamError)
 
 
 def test_the_command_fails_cleanly_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
