@@ -37,13 +37,12 @@ Goals and the mechanism serving each (DESIGN.md §4, §5):
   per container the dataplane keeps its plan object (whose argv tuples a
   ``GroupIndex`` shares) and its hash.
 
-Calls are serialised by a lock: the poll loop and the CNI's force calls may come
-from different threads.
+Calls are not thread-safe: the caller serialises them (the agent's converger holds its
+one lock around every call, whether from the poll loop or a CNI's force call).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from enum import Enum
@@ -139,7 +138,6 @@ class Dataplane:
                         for v in sorted(runners)}
         self._clock = clock
         self._max_restores = max_restores
-        self._lock = threading.Lock()
         self._logged: dict[tuple[_Note, str], str] = {}
 
     def apply(self, desired: Mapping[str, ContainerChains], *, complete: bool = True,
@@ -151,49 +149,47 @@ class Dataplane:
         the reason) whose chains are left exactly as they are: neither written nor swept.
         """
         keep = keep or {}
-        with self._lock:
-            started = time.monotonic()
-            renderer, now = Renderer(), self._clock()
-            refused, adopt_only = _collisions(desired, self._incumbent)
-            kept_names = {n for h in keep for n in (*chains.chain_names(h), chains.candidate_chain_name(h))}
-            protected = frozenset(chains.netout_chain_name(h) for h in keep)
-            runs = {}
-            for version, state in self._states.items():
-                wanted = {h: f for h, p in desired.items() if (f := _family(p, version)) is not None
-                          and h not in refused}
-                names = {f.asg.name for f in wanted.values()} | kept_names
-                spec = SweepSpec(_orphans_except(names), protected) if complete else None
-                runs[version] = self._run(state, wanted, renderer, now, spec, adopt_only=adopt_only)
-                if complete:
-                    state.prune(set(wanted).union(keep).__contains__)
-            refused |= {h: "its chain names are shared with another container not enforced yet: neither is "
-                           "written until one is found in the kernel" for h in adopt_only if not self._incumbent(h)}
-            return self._finish(CallKind.FULL if complete else CallKind.PARTIAL, runs, len(desired), started,
-                                prune_logged=complete, refused={**refused, **keep})
+        started = time.monotonic()
+        renderer, now = Renderer(), self._clock()
+        refused, adopt_only = _collisions(desired, self._incumbent)
+        kept_names = {n for h in keep for n in (*chains.chain_names(h), chains.candidate_chain_name(h))}
+        protected = frozenset(chains.netout_chain_name(h) for h in keep)
+        runs = {}
+        for version, state in self._states.items():
+            wanted = {h: f for h, p in desired.items() if (f := _family(p, version)) is not None
+                      and h not in refused}
+            names = {f.asg.name for f in wanted.values()} | kept_names
+            spec = SweepSpec(_orphans_except(names), protected) if complete else None
+            runs[version] = self._run(state, wanted, renderer, now, spec, adopt_only=adopt_only)
+            if complete:
+                state.prune(set(wanted).union(keep).__contains__)
+        refused |= {h: "its chain names are shared with another container not enforced yet: neither is "
+                       "written until one is found in the kernel" for h in adopt_only if not self._incumbent(h)}
+        return self._finish(CallKind.FULL if complete else CallKind.PARTIAL, runs, len(desired), started,
+                            prune_logged=complete, refused={**refused, **keep})
 
     def apply_one(self, plan: ContainerChains) -> ApplyReport:
         """A forced sync of one container: writes its chains (only them), whatever the cache says."""
         handle = plan.container.handle
         asg, candidate = chains.asg_chain_name(handle), chains.candidate_chain_name(handle)
-        with self._lock:
-            started = time.monotonic()
-            rivals = sorted(h for h, names in self._enforced_names().items()
-                            if h != handle and names & plan.chain_names)
-            if rivals:
-                reason = (f"its chain names are those of container {', '.join(rivals)}: refused, "
-                          "the other is left as it is")
-                return self._finish(CallKind.ONE, {}, 1, started, prune_logged=False, refused={handle: reason})
-            renderer, now = Renderer(), self._clock()
-            runs = {}
-            for version, state in self._states.items():
-                family = _family(plan, version)
-                own = {candidate} if family is not None else {asg, candidate}
-                spec = SweepSpec(_present(own))
-                wanted = {handle: family} if family is not None else {}
-                runs[version] = self._run(state, wanted, renderer, now, spec, force={handle})
-                if family is None:
-                    state.prune(lambda h: h != handle)
-            return self._finish(CallKind.ONE, runs, 1, started, prune_logged=False)
+        started = time.monotonic()
+        rivals = sorted(h for h, names in self._enforced_names().items()
+                        if h != handle and names & plan.chain_names)
+        if rivals:
+            reason = (f"its chain names are those of container {', '.join(rivals)}: refused, "
+                      "the other is left as it is")
+            return self._finish(CallKind.ONE, {}, 1, started, prune_logged=False, refused={handle: reason})
+        renderer, now = Renderer(), self._clock()
+        runs = {}
+        for version, state in self._states.items():
+            family = _family(plan, version)
+            own = {candidate} if family is not None else {asg, candidate}
+            spec = SweepSpec(_present(own))
+            wanted = {handle: family} if family is not None else {}
+            runs[version] = self._run(state, wanted, renderer, now, spec, force={handle})
+            if family is None:
+                state.prune(lambda h: h != handle)
+        return self._finish(CallKind.ONE, runs, 1, started, prune_logged=False)
 
     def settle(self, desired: Mapping[str, ContainerChains]) -> ApplyReport:
         """Look again at waiting and watched containers (``desired`` holds their plans); write those ready.
@@ -202,38 +198,34 @@ class Dataplane:
         the caller cannot plan now never keeps its look due (the poll loop would spin).
         """
         report = self.apply(desired, complete=False)
-        with self._lock:
-            now = self._clock()
-            for state in self._states.values():
-                for handle in state.settler.handles() - set(desired):
-                    if state.settler.due(handle, now):
-                        state.settler.postpone(handle, now)
+        now = self._clock()
+        for state in self._states.values():
+            for handle in state.settler.handles() - set(desired):
+                if state.settler.due(handle, now):
+                    state.settler.postpone(handle, now)
         return report
 
     def next_look(self) -> float | None:
         """When (clock time) the next waiting or watched container is due a look; None if there is none."""
-        with self._lock:
-            times = [t for s in self._states.values() if (t := s.settler.next_look()) is not None]
-            return min(times) if times else None
+        times = [t for s in self._states.values() if (t := s.settler.next_look()) is not None]
+        return min(times) if times else None
 
     def looking(self) -> set[str]:
         """Handles waiting for their CNI or watched after a write."""
-        with self._lock:
-            return {h for s in self._states.values() for h in s.settler.handles()}
+        return {h for s in self._states.values() for h in s.settler.handles()}
 
     def remove_orphans(self, live_handles: Collection[str]) -> ApplyReport:
         """Delete the ASG chains of every container not in ``live_handles`` (closing their parents)."""
         live = set(live_handles)
         keep = {name for h in live for name in (chains.asg_chain_name(h), chains.candidate_chain_name(h))}
         protected = frozenset(chains.netout_chain_name(h) for h in live)
-        with self._lock:
-            started = time.monotonic()
-            renderer, now = Renderer(), self._clock()
-            runs = {}
-            for version, state in self._states.items():
-                runs[version] = self._run(state, {}, renderer, now, SweepSpec(_orphans_except(keep), protected))
-                state.prune(live.__contains__)
-            return self._finish(CallKind.ORPHANS, runs, 0, started, prune_logged=False)
+        started = time.monotonic()
+        renderer, now = Renderer(), self._clock()
+        runs = {}
+        for version, state in self._states.items():
+            runs[version] = self._run(state, {}, renderer, now, SweepSpec(_orphans_except(keep), protected))
+            state.prune(live.__contains__)
+        return self._finish(CallKind.ORPHANS, runs, 0, started, prune_logged=False)
 
     def _incumbent(self, handle: str) -> bool:
         return any(handle in state.applied for state in self._states.values())
@@ -248,19 +240,17 @@ class Dataplane:
 
     def state(self) -> Mapping[str, AppliedContainer]:
         """Per container: the hash, rule count and time of what the kernel enforces, per family."""
-        with self._lock:
-            families: dict[str, dict[int, AppliedFamily]] = {}
-            for version, state in self._states.items():
-                for handle, a in state.applied.items():
-                    families.setdefault(handle, {})[version] = AppliedFamily(
-                        a.digest, a.family.accept_count, a.at, a.adopted, a.verified_at)
-            return {h: AppliedContainer(h, f) for h, f in families.items()}
+        families: dict[str, dict[int, AppliedFamily]] = {}
+        for version, state in self._states.items():
+            for handle, a in state.applied.items():
+                families.setdefault(handle, {})[version] = AppliedFamily(
+                    a.digest, a.family.accept_count, a.at, a.adopted, a.verified_at)
+        return {h: AppliedContainer(h, f) for h, f in families.items()}
 
     def invalidate(self, reason: str = "a whole-table read was asked for") -> None:
         """Forget what the kernel holds (``reason`` is logged): the next call reads the table again."""
-        with self._lock:
-            for state in self._states.values():
-                state.cache.invalidate(reason)
+        for state in self._states.values():
+            state.cache.invalidate(reason)
 
     def kernel(self, version: int) -> KernelTable | None:
         """The cached view of one family's table (None until read); for status pages and tests."""
