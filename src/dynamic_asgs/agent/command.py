@@ -12,6 +12,11 @@ one lock; ``/asg-status`` reads the converger's last snapshot without it). With
 ``enable_asg_syncing: false`` the agent touches no iptables at all and the force
 endpoints answer 405 (the CNI then installs static rules). SIGTERM/SIGINT stop it.
 
+Beside the loop, two threads of their own (issue 14): the denied-egress watcher reads
+every ASG chain's final REJECT counter each ``denied_egress_check_interval_seconds``, and,
+when the cell has a ``cell_id``, the reporter sends the cell's report to the policy server
+after each status change and at least every ``report_interval_seconds``.
+
 Nothing a peer sends ends the process: a cycle that fails unexpectedly is logged
 (``cycle-crashed``, with the traceback), counted, and the loop goes on.
 """
@@ -32,9 +37,11 @@ from typing import Any
 from dynamic_asgs.agent.converger import Converger
 from dynamic_asgs.agent.dataplane import Dataplane
 from dynamic_asgs.agent.dataplane.settle import SettleSettings
+from dynamic_asgs.agent.denials import DenialTracker, DenialWatcher
 from dynamic_asgs.agent.endpoints import LocalServer, debug_server, force_server
 from dynamic_asgs.agent.metrics import AgentMetrics
 from dynamic_asgs.agent.policy_client import PolicyClient
+from dynamic_asgs.agent.reporter import FleetReporter
 from dynamic_asgs.agent.results import CycleKind
 from dynamic_asgs.agent.settings import AgentSettings, load_settings
 from dynamic_asgs.agent.status import DisabledStatus
@@ -117,8 +124,20 @@ def _serve(s: AgentSettings, log: Logger, stop: threading.Event, metrics: AgentM
     settle = SettleSettings(settle_seconds=s.settle_seconds, watch_seconds=s.watch_seconds,
                             recheck=s.store_check_interval, max_recheck=s.poll_interval)
     dataplane = Dataplane(runners=runners, logger=log, settle=settle, fingerprint_file=s.fingerprint_file)
+    denials = None
+    if s.denied_check_interval > 0:
+        denials = DenialWatcher(readers=runners, containers=lambda: converger.containers(), logger=log,
+                                metrics=metrics, interval=s.denied_check_interval, app_log=emitter,
+                                tracker=DenialTracker(window=s.denied_window))
+    report_client = _client(s) if s.cell_id else None
+    reporter = None
+    if report_client is not None:
+        reporter = FleetReporter(sink=report_client, status=lambda: converger.status(), cell_id=s.cell_id,
+                                 cell_name=s.cell_name, interval=s.report_interval, logger=log, metrics=metrics)
     converger = Converger(view=StoreView(MetadataStore(s.store_path), log), policy=client, dataplane=dataplane,
-                          settings=s.chains, logger=log, metrics=metrics, emitter=emitter)
+                          settings=s.chains, logger=log, metrics=metrics, emitter=emitter, denials=denials,
+                          on_publish=reporter.wake if reporter is not None else None)
+    background = [t.start() for t in (denials, reporter) if t is not None]
     wake = threading.Event()
     servers: list[LocalServer] = [
         force_server(host=s.force_host, port=s.force_port, enabled=True, sync_container=converger.sync_container,
@@ -134,6 +153,10 @@ def _serve(s: AgentSettings, log: Logger, stop: threading.Event, metrics: AgentM
     finally:
         if watcher is not None:
             watcher.stop(timeout=0.5)  # a held blocking query ends with the process (daemon thread)
+        for thread in background:
+            thread.stop(timeout=2.0)
+        if report_client is not None:
+            report_client.close()
         for server in servers:
             server.stop()
         if emitter is not None:

@@ -23,6 +23,7 @@ Goals and the mechanism serving each:
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -32,6 +33,7 @@ from typing import Protocol
 from dynamic_asgs.agent import status as st
 from dynamic_asgs.agent.dataplane import Dataplane
 from dynamic_asgs.agent.dataplane.report import AppliedContainer, ApplyReport
+from dynamic_asgs.agent.denials import DeniedEgress
 from dynamic_asgs.agent.ledger import Ledger
 from dynamic_asgs.agent.metrics import AgentMetrics
 from dynamic_asgs.agent.policy_client import Result
@@ -50,7 +52,7 @@ from dynamic_asgs.errors import (
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.metadata_store import StoreView
 
-__all__ = ["APP_MESSAGE", "Converger", "Emitter", "PolicySource"]
+__all__ = ["APP_MESSAGE", "Converger", "Denials", "Emitter", "PolicySource"]
 
 APP_MESSAGE = "Security group rules were updated"
 
@@ -65,6 +67,14 @@ class Emitter(Protocol):
     """Where app-visible log lines go (real: :class:`~dynamic_asgs.agent.loggregator.AppLogEmitter`)."""
 
     def emit(self, container: Container, message: str) -> None: ...
+
+
+class Denials(Protocol):
+    """Denied egress per container (real: :class:`~.denials.DenialWatcher`): told of rule changes, read by status."""
+
+    def rules_replaced(self, handles: Collection[str], at: float, version: int | None) -> None: ...
+
+    def counts(self) -> Mapping[str, DeniedEgress]: ...
 
 
 def _instant(ts: float | None) -> datetime | None:
@@ -84,9 +94,12 @@ class Converger:
         logger: Logger,
         metrics: AgentMetrics,
         emitter: Emitter | None = None,
+        denials: Denials | None = None,
+        on_publish: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._view, self._policy, self._dataplane = view, policy, dataplane
+        self._denials, self._on_publish = denials, on_publish
         self._settings, self._metrics, self._emitter, self._clock = settings, metrics, emitter, clock
         self._log = logger.session("converger")
         #: The agent's one lock: every store read, policy request and dataplane call is made holding it.
@@ -207,8 +220,21 @@ class Converger:
             return False
 
     def status(self) -> st.AgentStatus:
-        """What ``/asg-status`` shows, as of the end of the last call: never waits for a running one."""
-        return self._status
+        """What ``/asg-status`` shows, as of the end of the last call: never waits for a running one.
+
+        Each container's denied egress is that of the last counter read.
+        """
+        status = self._status
+        if self._denials is None:
+            return status
+        counts = self._denials.counts()
+        return dataclasses.replace(status, containers={
+            h: dataclasses.replace(c, denied_packets=d.packets, denials_rose_at=_instant(d.rose_at))
+            if (d := counts.get(h)) is not None else c for h, c in status.containers.items()})
+
+    def containers(self) -> Mapping[str, Container]:
+        """The store's containers as of the last published status (never changed afterwards)."""
+        return self._containers
 
     # -- a cycle ---------------------------------------------------------------------------
 
@@ -391,10 +417,15 @@ class Converger:
                 "old_rules": old[handle], "new_rules": new[handle], "dataset_version": self.dataset_version})
             if container is not None and self._emitter is not None and handle in replaced:
                 self._emitter.emit(container, APP_MESSAGE)
+        if self._denials is not None:
+            self._denials.rules_replaced(replaced, self._clock(), self.dataset_version)
 
     def _publish(self, state: Mapping[str, AppliedContainer] | None = None) -> None:
         """Replace the status snapshot (holding the lock: after every dataplane write and at the end of each call)."""
         self._status = self._snapshot(self._dataplane.state() if state is None else state)
+        self._containers = self._view.containers  # a fresh dict per store read, never changed in place
+        if self._on_publish is not None:
+            self._on_publish()
 
     def _snapshot(self, state: Mapping[str, AppliedContainer]) -> st.AgentStatus:
         """The status as of now."""

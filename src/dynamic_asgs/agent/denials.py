@@ -21,10 +21,21 @@ Goals and the mechanism serving each:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import queue
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Protocol
 
-__all__ = ["DenialTracker", "DenialsRose"]
+from dynamic_asgs.asg import chains
+from dynamic_asgs.asg.model import Container
+from dynamic_asgs.errors import DynamicASGsError
+from dynamic_asgs.lager import Logger
+
+__all__ = ["ROSE_MESSAGE", "DenialTracker", "DenialWatcher", "DenialsRose", "DeniedEgress", "Observation"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +46,14 @@ class DenialsRose:
     changed_at: float
     version: int | None
     rose_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one reading found: packets refused since the previous reading, and the rises to tell."""
+
+    added: int
+    rose: tuple[DenialsRose, ...]
 
 
 @dataclass(slots=True)
@@ -74,23 +93,27 @@ class DenialTracker:
                 counter.change = _Change(at, version, counter.rate)
                 counter.reset = True
 
-    def observe(self, readings: Mapping[str, int], now: float) -> list[DenialsRose]:
+    def observe(self, readings: Mapping[str, int], now: float) -> Observation:
         """Take one reading (handle -> final REJECT packets); forget containers absent from it.
 
-        Returns the containers whose denials rose after a change of their rules, each once per change.
+        The result names the containers whose denials rose after a change of their rules,
+        each once per change.
         """
         for gone in set(self._counters) - set(readings):
             del self._counters[gone]
         rose: list[DenialsRose] = []
+        total = 0
         for handle, packets in readings.items():
             counter = self._counters.get(handle)
             if counter is None:
                 self._counters[handle] = _Counter(last=packets, at=now, total=packets)
+                total += packets
                 continue
             added = packets if counter.reset or packets < counter.last else packets - counter.last
             counter.reset = False
             elapsed = max(now - counter.at, 1e-6)
             counter.total += added
+            total += added
             counter.last, counter.at = packets, now
             change = counter.change
             if change is not None:
@@ -103,7 +126,7 @@ class DenialTracker:
                         counter.rose_at = now
                         rose.append(DenialsRose(handle, change.at, change.version, now))
             counter.rate = added / elapsed
-        return rose
+        return Observation(total, tuple(rose))
 
     def _rose(self, change: _Change, now: float) -> bool:
         if change.counted < self._min:
@@ -121,3 +144,126 @@ class DenialTracker:
         """When ``handle``'s denials last rose after a change of its rules (None: never, or unknown)."""
         counter = self._counters.get(handle)
         return counter.rose_at if counter else None
+
+
+#: What the app sees in ``cf logs`` when its denials rose after its rules changed.
+ROSE_MESSAGE = ("Egress connections are being refused since its security groups changed at {at} "
+                "(dataset version {version})")
+
+
+class CounterReader(Protocol):
+    """One family's REJECT counters (real: :class:`~dynamic_asgs.iptables.runner.IptablesRunner`)."""
+
+    def final_reject_packets(self, prefix: str) -> dict[str, int]: ...
+
+
+class AppLog(Protocol):
+    """Where app-visible lines go (real: :class:`~dynamic_asgs.agent.loggregator.AppLogEmitter`)."""
+
+    def emit(self, container: Container, message: str) -> None: ...
+
+
+class DenialMetrics(Protocol):
+    def observe_denials(self, *, added: int, rose: int, failed: bool = False) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeniedEgress:
+    """One container's denied egress as last read."""
+
+    packets: int
+    rose_at: float | None
+
+
+class DenialWatcher:
+    """Reads the counters every ``interval`` in its own thread; tells each app once per change that hurt it.
+
+    Shares nothing mutable with the converger: rule changes arrive through a queue
+    (:meth:`rules_replaced`), containers through the converger's published snapshot, and
+    :meth:`counts` returns an immutable mapping replaced after each read.
+    """
+
+    def __init__(self, *, readers: Mapping[int, CounterReader], containers: Callable[[], Mapping[str, Container]],
+                 logger: Logger, metrics: DenialMetrics, interval: float, tracker: DenialTracker,
+                 app_log: AppLog | None = None, clock: Callable[[], float] = time.time) -> None:
+        self._readers, self._containers, self._app_log = readers, containers, app_log
+        self._log, self._metrics, self._interval, self._tracker = logger.session("denials"), metrics, interval, tracker
+        self._clock = clock
+        self._events: queue.SimpleQueue[tuple[tuple[str, ...], float, int | None]] = queue.SimpleQueue()
+        self._counts: Mapping[str, DeniedEgress] = MappingProxyType({})
+        self._error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="denied-egress", daemon=True)
+
+    def rules_replaced(self, handles: Collection[str], at: float, version: int | None) -> None:
+        """The rules of ``handles`` were replaced at ``at`` (called by the converger; never blocks)."""
+        if handles:
+            self._events.put((tuple(handles), at, version))
+
+    def counts(self) -> Mapping[str, DeniedEgress]:
+        """Per container, its denied egress as of the last read."""
+        return self._counts
+
+    def read_once(self) -> Observation | None:
+        """Read every family's counters once; None when a read failed (logged once per distinct error)."""
+        while True:
+            try:
+                handles, at, version = self._events.get_nowait()
+            except queue.Empty:
+                break
+            self._tracker.rules_changed(handles, at, version)
+        containers = self._containers()
+        by_chain = {chains.asg_chain_name(h): h for h in containers}
+        readings: dict[str, int] = {}
+        try:
+            for reader in self._readers.values():
+                for chain, packets in reader.final_reject_packets(chains.ASG_PREFIX).items():
+                    handle = by_chain.get(chain)
+                    if handle is not None:
+                        readings[handle] = readings.get(handle, 0) + packets
+        except DynamicASGsError as exc:
+            self._metrics.observe_denials(added=0, rose=0, failed=True)
+            if self._error != str(exc):
+                self._log.error("denied-egress-read-failed", exc, {"effect": "denied egress not updated; retried"})
+            self._error = str(exc)
+            return None
+        self._error = None
+        seen = self._tracker.observe(readings, self._clock())
+        self._counts = MappingProxyType({h: DeniedEgress(self._tracker.denied(h), self._tracker.rose_at(h))
+                                         for h in readings})
+        self._tell(seen.rose, containers)
+        self._metrics.observe_denials(added=seen.added, rose=len(seen.rose))
+        return seen
+
+    def _tell(self, rose: Iterable[DenialsRose], containers: Mapping[str, Container]) -> None:
+        told: set[tuple[str, float]] = set()  # once per app and change, however many of its instances
+        for event in rose:
+            container = containers.get(event.handle)
+            if container is None:
+                continue
+            at = datetime.fromtimestamp(event.changed_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            self._log.info("egress-denials-rose-after-rules-changed", {
+                "handle": event.handle, "app_guid": container.app_guid, "space_guid": container.space_id,
+                "rules_changed_at": at, "dataset_version": event.version, "denied_packets":
+                self._tracker.denied(event.handle)})
+            if self._app_log is not None and (container.app_guid, event.changed_at) not in told:
+                told.add((container.app_guid, event.changed_at))
+                self._app_log.emit(container, ROSE_MESSAGE.format(at=at, version=event.version))
+
+    def start(self) -> DenialWatcher:
+        """Read now and then every interval, in a daemon thread."""
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.read_once()
+            except Exception as exc:  # the agent outlives any counter text: log and go on
+                self._log.error("denied-egress-read-crashed", exc)
+            if self._stop.wait(self._interval):
+                return

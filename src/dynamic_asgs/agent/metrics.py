@@ -27,6 +27,13 @@ Prometheus (this project)                                    Go (silk vxlan-poli
 ``asg_refused_spaces`` (gauge)                               (new) spaces the policy server refuses (set aside)
 ``asg_store_errors_total``                                   (new) unreadable container store reads
 ``asg_last_cycle_timestamp_seconds`` (gauge)                 (new) last successful full cycle
+``asg_denied_egress_packets_total``                          (new) packets the containers' final REJECT
+                                                             refused (read every denied-egress interval)
+``asg_denials_rose_total``                                   (new) containers whose denials rose after
+                                                             their rules changed (each told to its app)
+``asg_denied_egress_read_failures_total``                    (new) failed reads of the REJECT counters
+``asg_fleet_reports_total{result}``                          (new) status reports to the policy server;
+                                                             sent / failed
 ===========================================================  =====================================
 
 The converger hands each result to one ``observe_*`` method here; no other module sets a metric.
@@ -86,6 +93,14 @@ class AgentMetrics:
                              "(fingerprint or content changed) and rewritten", registry=r)
         self.last_cycle = Gauge("asg_last_cycle_timestamp_seconds", "When a full cycle last succeeded (unix time)",
                                 registry=r)
+        self.denied = Counter("asg_denied_egress_packets", "Packets the containers' final REJECT refused (denied "
+                              "egress)", registry=r)
+        self.denials_rose = Counter("asg_denials_rose", "Containers whose denied egress rose after their rules "
+                                    "changed", registry=r)
+        self.denied_read_failures = Counter("asg_denied_egress_read_failures", "Failed reads of the final REJECT "
+                                            "counters", registry=r)
+        self.reports = Counter("asg_fleet_reports", "Status reports sent to the policy server", ["result"],
+                               registry=r)
         self._latency_version: int | None = None
 
     def observe_store_read(self, seconds: float, new_errors: int) -> None:
@@ -148,6 +163,18 @@ class AgentMetrics:
                 self._observe_latency(result)
         if result.ok:
             self.last_cycle.set(result.finished_at)
+
+    def observe_denials(self, *, added: int, rose: int, failed: bool = False) -> None:
+        """One read of the REJECT counters: packets refused since the last, containers told, or a failed read."""
+        if failed:
+            self.denied_read_failures.inc()
+            return
+        self.denied.inc(added)
+        self.denials_rose.inc(rose)
+
+    def observe_report(self, *, sent: bool) -> None:
+        """One status report to the policy server."""
+        self.reports.labels(result="sent" if sent else "failed").inc()
 
     def _families(self, report: ApplyReport) -> None:
         for version, fam in report.families.items():

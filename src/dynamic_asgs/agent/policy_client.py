@@ -39,12 +39,15 @@ from dynamic_asgs.asg.model import SecurityGroup
 from dynamic_asgs.asg.parse import parse_internal_group
 from dynamic_asgs.config import load_schema
 from dynamic_asgs.errors import UpstreamError, ValidationError
+from dynamic_asgs.fleet.report import CellReport
 from dynamic_asgs.http.client import JsonHttp, Reply, RetryPolicy, Timeouts, validator
 from dynamic_asgs.tls import client_context, session_for
 
-__all__ = ["DEFAULT_RETRY", "PATH", "PolicyClient", "Result"]
+__all__ = ["DEFAULT_RETRY", "PATH", "REPORTS_PATH", "PolicyClient", "Result"]
 
 PATH = "/networking/v1/internal/security_groups"
+#: Where agents send their cell reports (the fleet audit, issue 14).
+REPORTS_PATH = "/networking/v1/internal/cell-reports"
 _SCHEMA = validator(load_schema("dynamic_asgs.policy_server", "schemas/security_groups_response.json"))
 _MAX_URL = 6000
 _RESTARTS = 3
@@ -105,6 +108,11 @@ class PolicyClient:
             if result is not None:
                 return result
         raise UpstreamError(f"policy server: the dataset changed while paging, {_RESTARTS} times")
+
+    def report(self, report: CellReport) -> None:
+        """Send this cell's report (``PUT`` of its compact JSON); raises :class:`UpstreamError` when refused."""
+        self._http.request("PUT", REPORTS_PATH, schema=None, endpoint=REPORTS_PATH, accept=(200, 202, 204),
+                           max_bytes=64 * 1024, headers={"Content-Type": "application/json"}, data=report.to_bytes())
 
     def _rest(self, spaces: list[str], first: Reply) -> Result | None:
         """Fetch the pages after ``first``; ``None`` if one of them is from another dataset version."""

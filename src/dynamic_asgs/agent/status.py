@@ -77,6 +77,10 @@ class _Object:
             raise DocumentError(f"{path}: expected an object, got {type(value).__name__}")
         self._value, self._path = value, path
 
+    def has(self, key: str) -> bool:
+        """Whether the object holds ``key`` (for keys newer agents add)."""
+        return key in self._value
+
     def _get(self, key: str) -> object:
         if key not in self._value:
             raise DocumentError(f"{self._at(key)}: missing")
@@ -170,6 +174,10 @@ class ContainerStatus:
     verified_at: datetime | None  # last whole-table read that found the chains as written
     dataset_version: int | None  # None: enforced, but no version recorded yet (never planned by this process)
     enforcing_since: datetime | None
+    #: Packets its final REJECT refused since the agent first read its counter (denied egress).
+    denied_packets: int = 0
+    #: When its denials started or jumped after its rules last changed (None: they did not).
+    denials_rose_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The container's entry of ``containers``."""
@@ -178,6 +186,7 @@ class ContainerStatus:
             "ruleset": dict(self.ruleset), "rule_count": self.rule_count,
             "applied_at": format_instant(self.applied_at), "verified_at": format_instant(self.verified_at),
             "dataset_version": self.dataset_version, "enforcing_since": format_instant(self.enforcing_since),
+            "denied_packets": self.denied_packets, "denials_rose_at": format_instant(self.denials_rose_at),
         }
 
     @classmethod
@@ -186,7 +195,9 @@ class ContainerStatus:
                    workload=o.opt_text("workload"), ruleset=o.texts("ruleset"), rule_count=o.integer("rule_count"),
                    applied_at=o.instant_at("applied_at"),
                    verified_at=o.opt_instant("verified_at"), dataset_version=o.opt_integer("dataset_version"),
-                   enforcing_since=o.opt_instant("enforcing_since"))
+                   enforcing_since=o.opt_instant("enforcing_since"),
+                   denied_packets=o.integer("denied_packets") if o.has("denied_packets") else 0,
+                   denials_rose_at=o.opt_instant("denials_rose_at") if o.has("denials_rose_at") else None)
 
 
 @dataclass(frozen=True, slots=True)

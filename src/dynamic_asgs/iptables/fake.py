@@ -96,6 +96,8 @@ class FakeTable:
         self.chains: dict[str, list[str]] = {name: [] for name in BUILTIN_CHAINS}
         self.policies: dict[str, str] = dict.fromkeys(BUILTIN_CHAINS, "ACCEPT")
         self._refs: dict[str, dict[str, int]] = {}
+        #: Packets that reached each chain's final rule since the chain was last written (kernel counters).
+        self.final_packets: dict[str, int] = {}
 
     def exists(self, chain: str) -> bool:
         return chain in self.chains
@@ -123,6 +125,7 @@ class FakeTable:
         for referrer in self.referrers(chain):
             self._set(referrer, [r for r in self.chains[referrer] if _target(r.split()) != chain])
         self._set(chain, None)
+        self.final_packets.pop(chain, None)
 
     def load(self, lines: Iterable[str]) -> None:
         """Apply restore lines (without ``*filter``/``COMMIT``) directly; raise ValueError if refused."""
@@ -143,6 +146,10 @@ class FakeTable:
             out += self.chains[name]
         out.append("COMMIT")
         return out
+
+    def reach_final_rule(self, chain: str, packets: int = 1) -> None:
+        """Count ``packets`` as having reached ``chain``'s final rule (traffic the test sends)."""
+        self.final_packets[chain] = self.final_packets.get(chain, 0) + packets
 
     def _set(self, chain: str, rules: list[str] | None) -> None:
         for rule in self.chains.get(chain, ()):
@@ -265,6 +272,7 @@ class _Transaction:
     def commit(self) -> None:
         for name, rules in self.over.items():
             self.table._set(name, rules)
+            self.table.final_packets.pop(name, None)  # written anew: its counters start from zero
         self.table.policies.update(self.policies)
 
 
@@ -313,6 +321,12 @@ class FakeRunner:
                 for target, refs in one.referrers.items():
                     out.referrers.setdefault(target, set()).update(refs)
         return out
+
+    def final_reject_packets(self, prefix: str) -> dict[str, int]:
+        """As :meth:`IptablesRunner.final_reject_packets`, from :attr:`FakeTable.final_packets`."""
+        self.saves += 1
+        return {name: self.table.final_packets.get(name, 0) for name, rules in self.table.chains.items()
+                if name.startswith(prefix) and rules and " -j REJECT" in f" {rules[-1]}"}
 
     def restore(self, payload: Iterable[str]) -> RestoreStats:
         start = time.monotonic()

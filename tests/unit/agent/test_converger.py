@@ -16,6 +16,7 @@ import requests
 
 from dynamic_asgs.agent.converger import APP_MESSAGE, Converger
 from dynamic_asgs.agent.dataplane import Dataplane
+from dynamic_asgs.agent.denials import DenialTracker, DenialWatcher
 from dynamic_asgs.agent.endpoints import debug_server
 from dynamic_asgs.agent.metrics import AgentMetrics
 from dynamic_asgs.agent.policy_client import Result
@@ -127,7 +128,7 @@ class Clock:
 
 
 class Cell:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, denials: bool = False) -> None:
         self.clock = Clock()
         self.store = MetadataStore(tmp / "store.json")
         self.runner = FakeRunner(4, record=True)
@@ -137,11 +138,14 @@ class Cell:
         self.log = io.StringIO()
         logger = Logger("agent", stream=self.log, level="debug")
         self.metrics = AgentMetrics()
+        self.denials = DenialWatcher(readers={4: self.runner}, containers=lambda: self.converger.containers(),
+                                     logger=logger, metrics=self.metrics, interval=30, app_log=self.emitter,
+                                     tracker=DenialTracker(window=600, min_packets=5), clock=self.clock)
         self.converger = Converger(view=StoreView(self.store, logger), policy=self.policy,
                                    dataplane=Dataplane(runners={4: GatedRunner(self.runner, self.gate)}, logger=logger,
                                                        clock=self.clock),
                                    settings=ChainSettings(), logger=logger, metrics=self.metrics,
-                                   emitter=self.emitter)
+                                   emitter=self.emitter, denials=self.denials if denials else None)
 
     def add(self, handle: str, space: str, *, parent: bool = True) -> None:
         if parent:  # as the CNI does before it records the container
