@@ -36,7 +36,7 @@ from dynamic_asgs.asg.translate import GroupIndex
 from dynamic_asgs.iptables.render import content_hash
 from support.cell import Cell, cell
 from support.daemons import wait_for
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.faults import TableSampler, convergence_problems, record, ruleset_check
 from support.plans import container, groups_for, plan
 from support.stack import asg, control_plane, start_agent, store_add
@@ -83,7 +83,7 @@ def _expected(handles: dict[str, int], spaces: dict[str, list[dict[str, Any]]]) 
     return out
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=IPTABLES_BACKENDS)
 def parents(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cell]:
     """A cell whose containers exist only as CNI parents (no traffic needed: the table is what is checked)."""
     require_backend(request.param)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynamic_asgs.asg import chains
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.netns import iptables, netns, restore
 from support.translate import internal_group, store_entry, strip_comments, translate
 
@@ -28,7 +28,7 @@ FLAG_SETS = [
 ]
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=IPTABLES_BACKENDS)
 def table(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     require_backend(request.param)
     with netns("tr") as ns:

@@ -12,11 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from bosh_tools.monit import RUNNING, STOPPED, MonitError, private_monit, syntax_error
+from bosh_tools.render import GROUP, link_from_job, render, render_job
+from bosh_tools.vcap_root import VcapRoot
 
-from support.bosh_render import GROUP, link_from_job, render, render_job
 from support.env import require_tools
-from support.monit import RUNNING, STOPPED, MonitError, private_monit, syntax_error
-from support.vcap_root import VcapRoot
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jobs"
 SERVER, DB = FIXTURES / "echo-server", FIXTURES / "echo-db"

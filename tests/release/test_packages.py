@@ -14,8 +14,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from bosh_tools.compile import Compiled, CompileError, compile_package
 
-from support.bosh_compile import Compiled, CompileError, compile_package
 from support.env import require_root_netns
 from support.netns import netns
 

@@ -43,7 +43,7 @@ from dynamic_asgs.tls import client_context, server_context, session_for
 from support.env import require
 
 __all__ = [
-    "BACKENDS",
+    "DB_ENGINES",
     "FAST",
     "CCStub",
     "Daemon",
@@ -63,7 +63,7 @@ __all__ = [
     "wait_for",
 ]
 
-BACKENDS = ("sqlite", "postgres", "mariadb")
+DB_ENGINES = ("sqlite", "postgres", "mariadb")
 _ADMIN = {
     "postgres": ("postgresql+psycopg://postgres@127.0.0.1:5432/test", "PostgreSQL on 127.0.0.1:5432"),
     "mariadb": ("mysql+pymysql://root@127.0.0.1:3306/test", "MariaDB on 127.0.0.1:3306"),

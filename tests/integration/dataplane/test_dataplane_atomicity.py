@@ -20,7 +20,7 @@ from dynamic_asgs.asg import chains
 from dynamic_asgs.asg.translate import ContainerChains, GroupIndex
 from dynamic_asgs.iptables.render import content_hash
 from support.cell import Cell, cell
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.netns import ns_run
 from support.plans import chains_in_save, container, dataplane, digest_of, groups_for, plan
 
@@ -47,7 +47,7 @@ def _rules(seed: int) -> list[dict[str, Any]]:
     return out
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=IPTABLES_BACKENDS)
 def table(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cell]:
     require_backend(request.param)
     with cell(request.param, tmp_path) as c:

@@ -9,7 +9,7 @@ Mechanisms:
   with its own log, pid, id and state files, polling every second, and an HTTP interface on
   127.0.0.1 and a free port with a random user and password (the CLI reads them from the
   control file), so `monit -c <file> <command>` talks only to this instance.
-- It includes <root>/monit/job/*.monitrc, where support.vcap_root puts the jobs' monit files.
+- It includes <root>/monit/job/*.monitrc, where bosh_tools.vcap_root puts the jobs' monit files.
 - The daemon runs in the foreground (-I) as our child, so it is ended by its own pid. `start
   all` and `stop all` return at once: `wait_for` polls `monit summary` until every process
   service is in the wanted state.
@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from support.vcap_root import VcapRoot
+from bosh_tools.vcap_root import VcapRoot
 
 __all__ = ["Monit", "MonitError", "private_monit", "syntax_error"]
 
