@@ -2,7 +2,7 @@
 
 Example (certificates generated into a directory)::
 
-    dynamic-asgs cc-stub --asgs examples/asgs.yml --pki-dir /tmp/cc-pki \\
+    dynamic-asgs cc-stub --asgs src/dynamic_asgs/local/examples/asgs.yml --pki-dir /tmp/cc-pki \\
         --port 9022 --internal-port 9023 --control-port 9024
 
 ``--ports-file`` receives ``{"public": P, "internal": I, "control": C}`` once the servers
