@@ -18,7 +18,6 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
@@ -32,6 +31,7 @@ from bosh_tools.render import render_job
 from bosh_tools.vcap_root import VcapRoot
 from release_helpers import JOBS
 
+from dynamic_asgs.local.harness import free_port
 from support.env import is_root, require, require_tools
 
 JOB_CTL = Path(__file__).resolve().parents[2] / "src" / "bosh" / "job-ctl"
@@ -58,12 +58,6 @@ if port:
     threading.Thread(target=http.server.HTTPServer(("127.0.0.1", port), Ok).serve_forever, daemon=True).start()
 threading.Event().wait()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

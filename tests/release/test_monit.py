@@ -16,6 +16,7 @@ from bosh_tools.monit import RUNNING, STOPPED, MonitError, private_monit, syntax
 from bosh_tools.render import GROUP, link_from_job, render, render_job
 from bosh_tools.vcap_root import VcapRoot
 
+from dynamic_asgs.local.harness import free_port
 from support.env import require_tools
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jobs"
@@ -26,12 +27,6 @@ NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 @pytest.fixture(autouse=True)
 def _tools() -> None:
     require_tools("monit", "ruby", "python3")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def install_server(root: VcapRoot, **properties: object) -> int:

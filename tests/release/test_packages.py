@@ -14,9 +14,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from dynamic_asgs.local import examples
 from bosh_tools.compile import Compiled, CompileError, compile_package
 
+from dynamic_asgs.local import examples
 from support.env import require_root_netns
 from support.netns import netns
 

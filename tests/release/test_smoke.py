@@ -35,6 +35,7 @@ from bosh_tools.render import link_from_job, render_job
 from bosh_tools.vcap_root import VcapRoot
 from release_helpers import JOBS
 
+from dynamic_asgs.local.harness import iptables_wrappers
 from support.daemons import example_groups, free_port, make_certs, start_cc_stub, wait_for
 from support.env import require_root_netns, require_tools
 from support.netns import netns
@@ -59,16 +60,8 @@ def vcap_root() -> Iterator[VcapRoot]:
 
 
 def wrappers(directory: Path, ns: str) -> dict[str, str]:
-    """iptables tools that run the legacy backend inside namespace ``ns``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    commands = {}
-    for family in ("iptables", "ip6tables"):
-        for tool in ("save", "restore"):
-            path = directory / f"{family}-{tool}"
-            path.write_text(f'#!/bin/sh\nexec ip netns exec {ns} {family}-legacy-{tool} "$@"\n')
-            path.chmod(0o755)
-            commands[f"{family}_{tool}_command"] = str(path)
-    return commands
+    """iptables tools that run the legacy backend inside namespace ``ns`` (the harness's wrappers)."""
+    return iptables_wrappers(directory, ns, "legacy")
 
 
 def install(root: VcapRoot, job: str, properties: dict[str, Any], links: dict[str, Any] | None = None) -> None:

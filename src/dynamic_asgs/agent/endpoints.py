@@ -16,13 +16,13 @@ Handlers get plain callables, so the servers know nothing of the agent's interna
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from dynamic_asgs.errors import ConfigError
+from dynamic_asgs.http.server import Background, ThreadedServer
 from dynamic_asgs.lager import Logger, parse_level
 
 __all__ = ["LocalServer", "debug_server", "force_server"]
@@ -61,37 +61,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.log.debug("request", {"line": format % args})
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(ThreadedServer):
+    log: Logger
 
     def __init__(self, address: tuple[str, int], routes: dict[str, Route], log: Logger) -> None:
         self.routes = routes
-        self.log = log
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, log=log)
 
 
-class LocalServer:
+class LocalServer(Background):
     """A small threaded HTTP server on a local address, started in the background."""
 
     def __init__(self, host: str, port: int, routes: dict[str, Route], logger: Logger, *, what: str) -> None:
         try:
-            self._server = _Server((host, port), routes, logger)
+            server = _Server((host, port), routes, logger)
         except OSError as exc:
             raise ConfigError(f"{what} {host}:{port}: cannot listen: {exc.strerror or exc}") from None
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"http-{port}", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> LocalServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread.is_alive():  # shutdown() waits for serve_forever: only when it runs
-            self._server.shutdown()
-        self._server.server_close()
+        super().__init__(server, name=f"http-{server.server_address[1]}")
 
 
 def _container(query: Mapping[str, list[str]]) -> str:

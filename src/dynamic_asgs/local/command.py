@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from dynamic_asgs.errors import DynamicASGsError
 from dynamic_asgs.local import topology
 from dynamic_asgs.local.environment import SPACES, LocalEnv
+from dynamic_asgs.signals import stop_on_signals
 
 __all__ = ["add_arguments", "run"]
 
@@ -65,12 +64,7 @@ def _up(env: LocalEnv, args: argparse.Namespace) -> int:
     if args.containers < 1:
         raise DynamicASGsError(f"--containers {args.containers}: must be at least 1")
     stop = threading.Event()
-
-    def handler(signum: int, _: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    stop_on_signals(stop)
     print(f"starting the local environment in {env.dir} ...", flush=True)
     env.up(asgs=args.asgs, containers=args.containers, backend=args.backend)
     print(_banner(env), flush=True)

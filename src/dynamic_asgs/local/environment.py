@@ -22,7 +22,6 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -264,9 +263,9 @@ class LocalEnv:
         self._save()
         return process
 
-    def _recorder(self, name: str) -> Callable[[harness.Process], object]:
-        """Record a process under ``name`` as soon as it is spawned (before the harness waits for it)."""
-        return lambda process: self._spawn(name, process)
+    def _recorder(self, name: str) -> harness.Spawn:
+        """Spawn a process and record it under ``name`` at once (before the harness waits for it)."""
+        return lambda args, log: self._spawn(name, harness.Process(args, log))
 
     def _control_plane(self) -> Issued:
         """Start the stand-in, the syncer and the policy server; the agent's client certificate."""
@@ -274,7 +273,7 @@ class LocalEnv:
         pki_dir = self._entry("pki")
         stub = harness.start_cc_stub(Path(self.state.asgs), pki_dir=pki_dir / "cc",
                                      ports_file=self._entry("run") / "cc-ports.json", log=self._log("cc-stub"),
-                                     on_start=self._recorder("cc-stub"))
+                                     spawn=self._recorder("cc-stub"))
         ports.cc_public, ports.cc_internal, ports.cc_control = (stub.ports["public"], stub.ports["internal"],
                                                                 stub.ports["control"])
         database = {"type": "sqlite", "database_name": str(self._entry("db") / "policy.db")}
@@ -282,7 +281,7 @@ class LocalEnv:
         syncer = harness.start_syncer(SyncerConfig(database=database, cc=stub.endpoints(), uuid="local-syncer",
                                                    poll_interval_seconds=1, metrics_port=ports.syncer_metrics),
                                       config_file=self._config("syncer"), log=self._log("syncer"),
-                                      on_start=self._recorder("syncer"))
+                                      spawn=self._recorder("syncer"))
         syncer.wait_synced()
         pki = make_pki(pki_dir / "policy-server", name="policy-server")
         ports.policy_server, ports.policy_health, ports.policy_metrics = free_port(), free_port(), free_port()
@@ -292,7 +291,7 @@ class LocalEnv:
                                health_port=ports.policy_health, metrics_port=ports.policy_metrics, workers=1,
                                extra={"dataset_check_interval_ms": 200}),
             pki, config_file=self._config("policy-server"), log=self._log("policy-server"),
-            on_start=self._recorder("policy-server"))
+            spawn=self._recorder("policy-server"))
         return pki.client
 
     def _tools(self) -> dict[str, str]:
@@ -311,7 +310,7 @@ class LocalEnv:
                         debug_port=ports.agent_debug, metrics_port=ports.agent_metrics, underlay_ips=("192.0.2.1",),
                         poll_interval=5, tools=self._tools()),
             config_file=self._config("agent"), log=self._log("vxlan-policy-agent"),
-            on_start=self._recorder("vxlan-policy-agent"))
+            spawn=self._recorder("vxlan-policy-agent"))
         self._spawn("netmon", harness.start_netmon(
             NetmonConfig(interface=topology.UNDERLAY, metrics_port=ports.netmon_metrics, lock_file=self.lock_file,
                          backend=s.backend), config_file=self._config("netmon"), log=self._log("netmon"), ns=s.cell))

@@ -57,6 +57,7 @@ __all__ = [
     "PolicyServerProcess",
     "Process",
     "ProcessExited",
+    "Spawn",
     "SyncerProcess",
     "alive",
     "cli_argv",
@@ -215,14 +216,9 @@ class Process:
         self.proc.wait(10)
 
 
-#: Called with a process as soon as it is spawned, before any wait (the local environment records its pid).
-OnStart = Callable[[Process], object] | None
-
-
-def _spawned(process: Process, on_start: OnStart) -> Process:
-    if on_start is not None:
-        on_start(process)
-    return process
+#: Makes the process of ``dynamic-asgs <args>`` logging to a path: :class:`Process` or one that also records
+#: it (the local environment saves the pid before any wait) or reads its log (the tests).
+Spawn = Callable[[list[str], Path], Process]
 
 
 def _stopped_on_error(process: Process, start: Callable[[], T]) -> T:
@@ -268,11 +264,10 @@ class CCStubProcess:
 
 
 def start_cc_stub(asgs: Path, *, pki_dir: Path, ports_file: Path, log: Path, timeout: float = 60.0,
-                  on_start: OnStart = None) -> CCStubProcess:
+                  spawn: Spawn = Process) -> CCStubProcess:
     """Start the stand-in serving ``asgs`` on free ports; ready when its control port answers."""
-    process = _spawned(Process(["cc-stub", "--asgs", str(asgs), "--pki-dir", str(pki_dir), "--port", "0",
-                                "--internal-port", "0", "--control-port", "0", "--ports-file", str(ports_file)], log),
-                       on_start)
+    process = spawn(["cc-stub", "--asgs", str(asgs), "--pki-dir", str(pki_dir), "--port", "0", "--internal-port", "0",
+                     "--control-port", "0", "--ports-file", str(ports_file)], log)
 
     def read_ports() -> dict[str, int] | None:
         return json.loads(ports_file.read_text()) if ports_file.exists() else None
@@ -307,11 +302,10 @@ class SyncerProcess:
         self.process.wait_ready(self.synced, what="the syncer's first sync", timeout=timeout)
 
 
-def start_syncer(config: SyncerConfig, *, config_file: Path, log: Path, on_start: OnStart = None) -> SyncerProcess:
+def start_syncer(config: SyncerConfig, *, config_file: Path, log: Path, spawn: Spawn = Process) -> SyncerProcess:
     """Start the syncer (not waiting: see :meth:`SyncerProcess.wait_synced`)."""
     write_config(config_file, config.to_json())
-    process = Process(["policy-server-asg-syncer", "--config-file", str(config_file)], log)
-    return SyncerProcess(_spawned(process, on_start), config)
+    return SyncerProcess(spawn(["policy-server-asg-syncer", "--config-file", str(config_file)], log), config)
 
 
 @dataclass
@@ -334,10 +328,10 @@ class PolicyServerProcess:
 
 
 def start_policy_server(config: PolicyServerConfig, pki: Pki, *, config_file: Path, log: Path,
-                        timeout: float = 60.0, on_start: OnStart = None) -> PolicyServerProcess:
+                        timeout: float = 60.0, spawn: Spawn = Process) -> PolicyServerProcess:
     """Start the policy server; ready when ``/health`` answers 200 (the DB answers, the schema is migrated)."""
     write_config(config_file, config.to_json())
-    process = _spawned(Process(["policy-server", "--config-file", str(config_file)], log), on_start)
+    process = spawn(["policy-server", "--config-file", str(config_file)], log)
     server = PolicyServerProcess(process, config, pki)
     _stopped_on_error(process, lambda: process.wait_ready(lambda: http_ok(server.health_url),
                                                           what="the policy server's health check", timeout=timeout))
@@ -389,10 +383,10 @@ class AgentProcess:
 
 
 def start_agent(config: AgentConfig, *, config_file: Path, log: Path, timeout: float = 60.0,
-                on_start: OnStart = None) -> AgentProcess:
+                spawn: Spawn = Process) -> AgentProcess:
     """Start the agent; ready when its debug endpoint answers (:class:`ProcessExited` when it exits first)."""
     write_config(config_file, config.to_json())
-    process = _spawned(Process(["vxlan-policy-agent", "--config-file", str(config_file)], log), on_start)
+    process = spawn(["vxlan-policy-agent", "--config-file", str(config_file)], log)
     agent = AgentProcess(process, config)
     _stopped_on_error(process, lambda: process.wait_ready(lambda: http_ok(f"{agent.debug_url}/log-level"),
                                                           what="the agent's debug endpoint", timeout=timeout))

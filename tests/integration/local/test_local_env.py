@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
-from dynamic_asgs.local import examples
 
+from dynamic_asgs.local import examples
 from support.daemons import wait_for
 from support.env import require, require_root_netns, require_tools
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from dynamic_asgs.errors import UpstreamError
+from dynamic_asgs.local import examples
 from dynamic_asgs.local.cc_stub.catalog import load_catalog
 from dynamic_asgs.syncer.main import build_cc
 from dynamic_asgs.syncer.metrics import SyncerMetrics
 from dynamic_asgs.syncer.settings import load_settings
-from dynamic_asgs.local import examples
 from support.daemons import InProcessStub, inprocess_stub
 
 EXAMPLE = examples.ASGS

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from dynamic_asgs.local import examples
 
+from dynamic_asgs.local import examples
 from support.translate import internal_group, store_entry, translate
 
 EXAMPLES = examples.DIRECTORY
