@@ -29,12 +29,11 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from dynamic_asgs.http.server import Background, ThreadedServer
+from dynamic_asgs.http.server import Background, Handler, ThreadedServer
 from dynamic_asgs.local.configs import CCEndpoints, SyncerConfig
 from dynamic_asgs.local.pki import Pki, make_pki
 from dynamic_asgs.tls import server_context
@@ -134,13 +133,9 @@ class _Server(ThreadedServer):
     owner: Any
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Handler):
     server: _Server
-    protocol_version = "HTTP/1.1"
     timeout = 30
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def do_GET(self) -> None:
         self.server.owner.answer(self)
@@ -149,14 +144,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.server.owner.answer(self)
 
-    def reply(self, status: int, body: bytes, **headers: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
 
 
 def _serve(owner: Any, context: ssl.SSLContext | None) -> Background:

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from dynamic_asgs.errors import ConfigError
-from dynamic_asgs.http.server import Background, ThreadedServer
+from dynamic_asgs.http.server import Background, Handler, ThreadedServer
 from dynamic_asgs.lager import Logger, parse_level
 
 __all__ = ["LocalServer", "debug_server", "force_server"]
@@ -31,9 +30,8 @@ DISABLED = "ASG syncing has been disabled administratively"
 Route = Callable[[str, Mapping[str, list[str]], bytes], tuple[int, str, str]]
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Handler):
     server: _Server
-    protocol_version = "HTTP/1.1"
 
     def _dispatch(self) -> None:
         url = urlsplit(self.path)
@@ -48,17 +46,9 @@ class _Handler(BaseHTTPRequestHandler):
             except Exception as exc:  # a handler bug must answer, not kill the server thread
                 self.server.log.error("handler-failed", exc, {"path": url.path})
                 status, ctype, text = 500, "text/plain", f"internal error: {exc}"
-        data = text.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", f"{ctype}; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.reply(status, text.encode(), f"{ctype}; charset=utf-8")
 
     do_GET = do_POST = do_PUT = _dispatch
-
-    def log_message(self, format: str, *args: Any) -> None:
-        self.server.log.debug("request", {"line": format % args})
 
 
 class _Server(ThreadedServer):

@@ -3,6 +3,8 @@
 * :class:`ThreadedServer` handles each connection in its own daemon thread; with a TLS
   context it does the handshake there too, bounded by a timeout, so a client that never
   finishes its handshake holds one thread and never the accept loop.
+* :class:`Handler` is their request handler's base: HTTP/1.1, one :meth:`~Handler.reply`,
+  request lines logged at DEBUG through the server's logger (none without one).
 * :class:`Background` serves one such server from a daemon thread. Its :meth:`~Background.stop`
   is safe before :meth:`~Background.start` and when called twice: ``shutdown()`` waits for
   ``serve_forever`` to return, so it is called only while the serving thread runs.
@@ -17,7 +19,29 @@ from typing import Any, Self
 
 from dynamic_asgs.lager import Logger
 
-__all__ = ["Background", "ThreadedServer"]
+__all__ = ["Background", "Handler", "ThreadedServer"]
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Base of the request handlers of a :class:`ThreadedServer`."""
+
+    server: ThreadedServer
+    protocol_version = "HTTP/1.1"
+
+    def reply(self, status: int, body: bytes, content_type: str = "application/json", **headers: str) -> None:
+        """Send one complete answer."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Request lines go to the server's logger at DEBUG (stderr stays quiet)."""
+        if self.server.log is not None:
+            self.server.log.debug("request", {"line": format % args})
 
 
 class ThreadedServer(ThreadingHTTPServer):

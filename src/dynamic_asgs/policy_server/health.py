@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from dynamic_asgs.errors import ConfigError, DynamicASGsError
-from dynamic_asgs.http.server import Background, ThreadedServer
+from dynamic_asgs.http.server import Background, Handler, ThreadedServer
 from dynamic_asgs.lager import Logger
 
 __all__ = ["HealthServer"]
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Handler):
     server: _Server
-    protocol_version = "HTTP/1.1"
     timeout = 10
 
     def do_GET(self) -> None:
@@ -38,15 +36,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"healthy": True, "dataset_version": version})
 
     def _send(self, status: int, doc: dict[str, Any]) -> None:
-        body = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        self.server.log.debug("request", {"line": format % args})
+        self.reply(status, json.dumps(doc).encode())
 
 
 class _Server(ThreadedServer):

@@ -29,13 +29,12 @@ import threading
 import time
 from base64 import b64decode
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from dynamic_asgs.errors import InputError
-from dynamic_asgs.http.server import Background, ThreadedServer
+from dynamic_asgs.http.server import Background, Handler, ThreadedServer
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.local.cc_stub.catalog import load_catalog
 from dynamic_asgs.local.cc_stub.state import StubState, cc_error
@@ -55,9 +54,8 @@ class _Server(ThreadedServer):
         super().__init__(address, _Handler, context=context, log=log)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Handler):
     server: _Server
-    protocol_version = "HTTP/1.1"
     timeout = 30
 
     def _dispatch(self) -> None:
@@ -67,20 +65,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
             return
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.reply(status, body)
 
     do_GET = do_POST = do_PUT = _dispatch
 
     def body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(min(length, 1 << 20)) if length else b""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        self.server.log.debug("request", {"line": format % args})
 
 
 class _Reset(Exception):
