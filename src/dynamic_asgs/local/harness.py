@@ -4,7 +4,9 @@ Goals and the mechanism serving each:
 
 * One way to start each daemon: ``start_cc_stub``, ``start_syncer``, ``start_policy_server``,
   ``start_agent`` and ``start_netmon`` take a typed configuration (:mod:`.configs`) and the
-  paths of its config file and log, so each caller keeps its own layout.
+  paths of its config file and log, so each caller keeps its own layout; their ``spawn``
+  makes the process (the local environment records each pid before any wait, the tests
+  read the log).
 * Readiness is asked over HTTP, never read from logs: the stand-in's control port, the
   syncer's ``security_groups_last_sync_timestamp_seconds`` metric, the policy server's
   ``/health``, the agent's debug endpoint. A process that exits while it is waited for
