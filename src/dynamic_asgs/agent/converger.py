@@ -32,7 +32,6 @@ from dynamic_asgs.asg.translate import ChainSettings, ContainerChains, GroupInde
 from dynamic_asgs.errors import DynamicASGsError, RefusedRequest, StoreError, UpstreamError
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.metadata_store import StoreView
-from dynamic_asgs.timestamps import iso_utc as _iso
 
 __all__ = ["APP_MESSAGE", "Converger", "Emitter", "PolicySource"]
 
@@ -57,6 +56,12 @@ class Enforced:
 
     dataset_version: int | None
     since: float
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
 class Converger:

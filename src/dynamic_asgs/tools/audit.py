@@ -39,7 +39,6 @@ import requests
 
 from dynamic_asgs.agent.policy_client import PolicyClient
 from dynamic_asgs.errors import InputError, UpstreamError
-from dynamic_asgs.timestamps import iso_utc as _iso
 
 __all__ = [
     "EXIT_LAGGING",
@@ -163,6 +162,12 @@ class AuditReport:
             "generated_at": _iso(self.generated_at), "max_lag_seconds": self.max_lag,
             "totals": self.totals(), "exit_code": self.exit_code(), "cells": cells,
         }
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
 def _int_or_none(value: Any, what: str) -> int | None:
