@@ -53,7 +53,7 @@ from dynamic_asgs.syncer.metrics import SyncerMetrics  # noqa: E402
 from dynamic_asgs.syncer.sync import Syncer  # noqa: E402
 from dynamic_asgs.tls import client_context, session_for  # noqa: E402
 from support.daemons import (  # noqa: E402
-    BACKENDS,
+    DB_ENGINES,
     CCStub,
     database,
     database_config,
@@ -394,7 +394,7 @@ def bench_blocking(server_pid: int, metrics_port: int, port: int, pki_dir: Path,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes and shorter runs")
-    parser.add_argument("--backends", default=",".join(BACKENDS), help="policy DBs for the syncer part")
+    parser.add_argument("--backends", default=",".join(DB_ENGINES), help="policy DBs for the syncer part")
     parser.add_argument("--parts", default="syncer,server,blocking", help="which parts to run")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -22,7 +22,7 @@ from jsonschema.exceptions import best_match
 
 from dynamic_asgs.errors import ConfigError
 
-__all__ = ["load_config", "load_schema", "validate_config"]
+__all__ = ["json_path", "load_config", "load_schema", "validate_config"]
 
 
 def load_schema(package: str, name: str) -> dict[str, Any]:
@@ -57,7 +57,8 @@ def _fill_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any] |
             _fill_defaults(instance[key], sub, root)
 
 
-def _path(error: jsonschema.ValidationError) -> str:
+def json_path(error: jsonschema.ValidationError) -> str:
+    """Where in the document ``error`` is, as a JSON path (``$.a[0].b``)."""
     parts = ["$"]
     for part in error.absolute_path:
         parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
@@ -86,7 +87,7 @@ def validate_config(config: Any, schema: dict[str, Any], *, source: str) -> dict
     _fill_defaults(filled, schema)
     error = best_match(_errors(filled, schema))
     if error is not None:
-        raise ConfigError(f"{source}: {_path(error)}: {_describe(error)}")
+        raise ConfigError(f"{source}: {json_path(error)}: {_describe(error)}")
     if not isinstance(filled, dict):
         raise ConfigError(f"{source}: the configuration must be a JSON object")
     return filled

@@ -20,7 +20,7 @@ from dynamic_asgs.policydb.db import DatabaseSettings, create_engine
 from dynamic_asgs.policydb.store import GroupRow, PolicyStore
 from support.cell import Cell, cell
 from support.daemons import wait_for
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.faults import record
 from support.stack import ControlPlane, asg, control_plane, start_agent, store_add
 
@@ -28,7 +28,7 @@ D1, D2 = "198.18.4.1", "198.18.4.2"
 FIRST, SECOND = "0a1b2c3d-4e5f-6a7b-8c9d-000000000001", "0a1b2c3d-4e5f-6a7b-8c9d-000000000002"
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=IPTABLES_BACKENDS)
 def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Cell, ControlPlane, Path]]:
     require_backend(request.param)
     groups = [asg("to-d1", [{"protocol": "tcp", "destination": D1, "ports": "80"}], running=["s1"]),

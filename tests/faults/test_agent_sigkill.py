@@ -36,9 +36,9 @@ from dynamic_asgs.asg.translate import GroupIndex
 from dynamic_asgs.iptables.render import content_hash
 from support.cell import Cell, cell
 from support.daemons import wait_for
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.faults import TableSampler, convergence_problems, record, ruleset_check
-from support.plans import container, groups_for, plan
+from support.plans import container, groups_for, plan, random_rules
 from support.stack import asg, control_plane, start_agent, store_add
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -47,25 +47,7 @@ HANDLES = [f"k{i}" for i in range(8)]
 KILLS_PER_BACKEND = 50
 
 
-def _rules(seed: int) -> list[dict[str, Any]]:
-    rnd = random.Random(seed)
-    out: list[dict[str, Any]] = []
-    for _ in range(rnd.randint(1, 30)):
-        kind = rnd.choice(["tcp", "udp", "icmp", "all", "v6"])
-        dst = f"10.{rnd.randint(0, 255)}.{rnd.randint(0, 255)}.0/{rnd.choice([24, 28, 32])}"
-        if kind in ("tcp", "udp"):
-            a = rnd.randint(1, 60000)
-            out.append({"protocol": kind, "destination": dst, "ports": rnd.choice([f"{a}", f"{a}-{a + 9}"])})
-        elif kind == "icmp":
-            out.append({"protocol": "icmp", "destination": dst, "type": rnd.choice([-1, 0, 8]), "code": -1})
-        elif kind == "all":
-            out.append({"protocol": "all", "destination": dst})
-        else:
-            out.append({"protocol": "tcp", "destination": f"fd00:{rnd.randint(1, 9999):x}::/64", "ports": "443"})
-    return out
-
-
-SPACES = {f"s{i}": _rules(i) for i in range(12)}
+SPACES = {f"s{i}": random_rules(i, most=30) for i in range(12)}
 
 
 def _digests(handle: str, index: int, space: str, idx: GroupIndex) -> dict[int, str | None]:
@@ -83,7 +65,7 @@ def _expected(handles: dict[str, int], spaces: dict[str, list[dict[str, Any]]]) 
     return out
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=IPTABLES_BACKENDS)
 def parents(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cell]:
     """A cell whose containers exist only as CNI parents (no traffic needed: the table is what is checked)."""
     require_backend(request.param)

@@ -27,7 +27,7 @@ from dynamic_asgs.asg import chains
 from dynamic_asgs.metadata_store import MetadataStore
 from support.cell import UNDERLAY
 from support.cni import CniCell, static_rules_cell
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.faults import record
 from support.netns import ns_run
 
@@ -41,7 +41,7 @@ def rules_to(destination: str) -> dict[str, list[dict[str, object]]]:
                              "ports": [{"start": 80, "end": 80}]}]}
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=IPTABLES_BACKENDS)
 def cni_cell(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CniCell]:
     require_backend(request.param)
     with static_rules_cell(request.param, tmp_path, [D1, D2]) as c:

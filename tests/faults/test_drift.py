@@ -20,7 +20,7 @@ import pytest
 from dynamic_asgs.asg import chains
 from support.cell import Cell, cell
 from support.daemons import wait_for
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.faults import record
 from support.stack import ControlPlane, asg, control_plane, start_agent, store_add
 
@@ -29,7 +29,7 @@ RULES = [{"protocol": "tcp", "destination": ALLOWED, "ports": "80"}]
 VERIFY = 5  # seconds, the smallest verification interval the agent accepts
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=IPTABLES_BACKENDS)
 def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Cell, ControlPlane, Path]]:
     require_backend(request.param)
     with cell(request.param, tmp_path) as c, control_plane(tmp_path, [asg("web", RULES, running=["s1"])]) as plane:

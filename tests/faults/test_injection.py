@@ -34,7 +34,7 @@ import pytest
 from support.cell import Cell, cell
 from support.cni import CniCell, invoke, plugin, static_rules_cell
 from support.daemons import wait_for
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.faults import record
 from support.netns import ns_run
 from support.stack import Agent, asg, control_plane, start_agent, store_add
@@ -76,7 +76,7 @@ def restricted(c: Cell, handle: str) -> bool:
 # -- through the CNI --------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=IPTABLES_BACKENDS)
 def cni_cell(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CniCell]:
     """A cell whose CNI writes Garden's static rules itself (the agent answers 405), connection limiting on."""
     require_backend(request.param)
@@ -169,7 +169,7 @@ def read_in(agent: Agent) -> bool:
     return bool(totals["invalid_store_entries"] == 1 or totals["store_entries"] > 1)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", IPTABLES_BACKENDS)
 def test_a_hostile_store_entry_read_by_the_agent_touches_nothing(backend: str, tmp_path: Path) -> None:
     require_backend(backend)
     groups = [asg("to-allowed", [{"protocol": "tcp", "destination": ALLOWED, "ports": "80"}], running=["s1"])]

@@ -36,7 +36,7 @@ from dynamic_asgs.policydb.migrate import current_revision, head_revision, upgra
 from dynamic_asgs.policydb.migration_lock import LOCK_TABLE
 from dynamic_asgs.policydb.store import PolicyStore
 from dynamic_asgs.policydb.tables import metadata
-from support.daemons import BACKENDS, database, wait_for
+from support.daemons import DB_ENGINES, database, wait_for
 from support.faults import TcpProxy, record
 
 FIRST_DDL = re.compile(r"CREATE TABLE\s+[`\"]?security_groups\b", re.IGNORECASE)
@@ -111,7 +111,7 @@ def lease(engine: Engine) -> tuple[str, float, float]:
         return str(row.holder), float(row.expires_at), db_now(conn)
 
 
-@pytest.mark.parametrize("kind", BACKENDS)
+@pytest.mark.parametrize("kind", DB_ENGINES)
 def test_two_migrators_at_once_both_succeed_one_after_the_other(kind: str, tmp_path: Path) -> None:
     head = head_revision()
     with engines(kind, tmp_path, 3) as (_settings, (first, second, third)):

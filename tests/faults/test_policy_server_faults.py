@@ -21,7 +21,7 @@ import pytest
 from dynamic_asgs.asg import chains
 from support.cell import Cell, cell
 from support.daemons import Daemon, PolicyServer, make_certs, wait_for
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.faults import FakePolicyServer, record
 from support.stack import Agent, start_agent, store_add
 
@@ -111,7 +111,7 @@ def test_a_faulty_policy_server_leaves_the_rules_in_place(the_cell: Cell, tmp_pa
     record("policy-server-faults", injected=len(FAULTS), bad_inputs=5, violations=0, recoveries=recoveries)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", IPTABLES_BACKENDS)
 def test_a_space_the_server_refuses_freezes_no_other_container(backend: str, tmp_path: Path) -> None:
     # Issue 13, class 4: one store entry whose space the server answers 400 to must not stop updates
     # for the rest of the cell. Bisection sets the space aside; its container keeps what it has.

@@ -22,7 +22,7 @@ from dynamic_asgs.asg import chains
 from dynamic_asgs.metadata_store import MetadataStore
 from support.cell import Cell, cell
 from support.daemons import wait_for
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.faults import record
 from support.stack import Agent, ControlPlane, asg, control_plane, start_agent, store_add
 
@@ -44,7 +44,7 @@ GARBAGE: dict[str, Callable[[str], str | bytes]] = {
 }
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=IPTABLES_BACKENDS)
 def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Cell, ControlPlane, Path]]:
     require_backend(request.param)
     with cell(request.param, tmp_path) as c, control_plane(

@@ -20,7 +20,7 @@ from dynamic_asgs.asg import chains
 from dynamic_asgs.asg.parse import parse_destinations, parse_ports, parse_rule
 from dynamic_asgs.asg.translate import accept_rules
 from dynamic_asgs.errors import RuleError
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.netns import iptables, netns, restore
 from support.translate import DATA, internal_group, store_entry, strip_comments, translate
 
@@ -107,7 +107,7 @@ def dash_s_case(vector: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str,
     return [group], store_entry("some-handle"), "some-handle"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", IPTABLES_BACKENDS)
 @pytest.mark.parametrize("vector", by_kind("dash-s"))
 def test_iptables_dash_s_vectors(vector: dict[str, Any], backend: str, tmp_path: Path) -> None:
     require_backend(backend)

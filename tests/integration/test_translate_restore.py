@@ -12,11 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynamic_asgs.asg import chains
-from support.env import BACKENDS, require_backend
+from dynamic_asgs.local import examples
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.netns import iptables, netns, restore
 from support.translate import internal_group, store_entry, strip_comments, translate
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = examples.DIRECTORY
 
 FLAG_SETS = [
     [],
@@ -28,7 +29,7 @@ FLAG_SETS = [
 ]
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=IPTABLES_BACKENDS)
 def table(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     require_backend(request.param)
     with netns("tr") as ns:

@@ -5,7 +5,7 @@ the job specs the director would see, and the ports each instance group's jobs u
   ops-files/cf-deployment/. Each of those files names the order it is applied in on an
   `# Order: -o A -o B ...` header line (`operations/...` is cf-deployment's, a bare name ours):
   `documented_order` reads it, so the order the docs give is the order the tests apply.
-- `integrate(order)` is `bosh int cf-deployment.yml -o ...` (support.gopatch).
+- `integrate(order)` is `bosh int cf-deployment.yml -o ...` (bosh_tools.gopatch).
 - `spec_of(release, job)` is a job's spec: this release's from jobs/, the others' from DATA's
   job-specs/<release>-release/<job>.spec.yml, None when not vendored. `MODELLED` releases
   provide and consume every link type at stake, so a job of theirs without a spec is an error.
@@ -22,9 +22,8 @@ from typing import Any
 
 import yaml
 from bosh_model import Job
+from bosh_tools.gopatch import apply_ops_files
 from release_helpers import JOBS, RELEASE, interpolate
-
-from support.gopatch import apply_ops_files
 
 __all__ = [
     "CFD_MANIFEST", "DATA", "MODELLED", "OPS", "STAKE", "documented_order", "integrate", "interpolated",

@@ -6,7 +6,7 @@
   (blobs/ is not committed), and a dependency change outdates them: then the copy's
   scripts/release/create-blobs fetches CPython's source (apt) and the wheels (pip) into the copy.
   The project's own code needs no blob (packages/dynamic-asgs takes it from src/).
-- `compiled_packages`: every package compiled as on a BOSH compilation VM (support.bosh_compile),
+- `compiled_packages`: every package compiled as on a BOSH compilation VM (bosh_tools.compile),
   dependencies first, into one packages directory standing in for /var/vcap/packages, inside an
   empty network namespace: the compile must not need the network. CPython's compile takes about
   two minutes on two cores. The packages directory is world-traversable (pytest's temporary
@@ -24,11 +24,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bosh_tools.compile import Compiled, compile_order, compile_package
+from bosh_tools.release_layout import check_blobs
 
-from support.bosh_compile import Compiled, compile_order, compile_package
 from support.env import require_root_netns, require_tools
 from support.netns import netns
-from support.release_layout import check_blobs
 
 RELEASE = Path(__file__).resolve().parents[2]
 

@@ -17,11 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bosh_tools.render import Rendered, link_from_job, render_job
+
 from dynamic_asgs.agent.settings import load_settings as load_agent_settings
 from dynamic_asgs.config import load_config, load_schema, validate_config
 from dynamic_asgs.policy_server.settings import load_settings as load_policy_settings
 from dynamic_asgs.syncer.settings import load_settings as load_syncer_settings
-from support.bosh_render import Rendered, link_from_job, render_job
 
 __all__ = [
     "GROUPS", "JOBS", "LINKS", "MANIFEST", "OPS_FILES", "RELEASE", "VARS", "cni_plugin_config", "config_loaders",

@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 import yaml
 from bosh_model import Job, duplicate_jobs, link_errors, placed_jobs, resolve_links
+from bosh_tools.gopatch import OpsError
+from bosh_tools.monit import syntax_error
+from bosh_tools.render import link_from_spec, render_job, undeclared_properties
+from bosh_tools.vcap_root import VcapRoot
 from cfd import DATA, MODELLED, OPS, STAKE, documented_order, integrate, interpolated, lookup, port_numbers, spec_of
 from release_helpers import JOBS, config_loaders
 
-from support.bosh_render import link_from_spec, render_job, undeclared_properties
 from support.env import require_tools
-from support.gopatch import OpsError
-from support.monit import syntax_error
-from support.vcap_root import VcapRoot
 
 DISABLE = DATA / "operations" / "disable-dynamic-asgs.yml"
 OURS = sorted(OPS.glob("*.yml"))

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from support.gopatch import AfterLast, Index, Key, Match, OpsError, apply_ops, apply_ops_files, parse_pointer
+from bosh_tools.gopatch import AfterLast, Index, Key, Match, OpsError, apply_ops, apply_ops_files, parse_pointer
 
 MANIFEST = yaml.safe_load("""
 name: cf

@@ -1,7 +1,7 @@
 """job-ctl, every daemon job's start/stop script, under a private real monit.
 
 The daemon jobs' rendered bin/ctl, bin/pre-start and monit files run under a /var/vcap-like root
-(support.vcap_root) whose dynamic-asgs package holds the real src/bosh/job-ctl and, as
+(bosh_tools.vcap_root) whose dynamic-asgs package holds the real src/bosh/job-ctl and, as
 bin/dynamic-asgs, a stand-in daemon: it prints how it was started (argv, user, working
 directory, session) to its stdout, answers HTTP 200 on the health or debug port its rendered
 config names (monit checks it), and leaves a child process behind in its process group. So what
@@ -9,7 +9,7 @@ is checked is job-ctl's own work: names and paths from the caller's path, the us
 the directories, the session, the logs, and a stop that leaves no process.
 
 The machine has no `vcap` user: `--user vcap` becomes nobody:nogroup (the one change made to the
-rendered files besides support.vcap_root's path rewrite), as in test_smoke.
+rendered files besides bosh_tools.vcap_root's path rewrite), as in test_smoke.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
@@ -27,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bosh_tools.monit import RUNNING, STOPPED, private_monit
+from bosh_tools.render import render_job
+from bosh_tools.vcap_root import VcapRoot
 from release_helpers import JOBS
 
-from support.bosh_render import render_job
+from dynamic_asgs.local.harness import free_port
 from support.env import is_root, require, require_tools
-from support.monit import RUNNING, STOPPED, private_monit
-from support.vcap_root import VcapRoot
 
 JOB_CTL = Path(__file__).resolve().parents[2] / "src" / "bosh" / "job-ctl"
 PEM = "-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----"
@@ -58,12 +58,6 @@ if port:
     threading.Thread(target=http.server.HTTPServer(("127.0.0.1", port), Ok).serve_forever, daemon=True).start()
 threading.Event().wait()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -17,6 +17,19 @@ from typing import Any
 
 import pytest
 import yaml
+from bosh_tools.gopatch import apply_ops_files
+from bosh_tools.monit import syntax_error
+from bosh_tools.release_layout import check_jobs
+from bosh_tools.render import (
+    Rendered,
+    RenderError,
+    link_from_job,
+    link_from_spec,
+    load_job_spec,
+    render,
+    render_job,
+    undeclared_properties,
+)
 from release_helpers import (
     GROUPS,
     JOBS,
@@ -30,20 +43,7 @@ from release_helpers import (
     render_group_job,
 )
 
-from support.bosh_render import (
-    Rendered,
-    RenderError,
-    link_from_job,
-    link_from_spec,
-    load_job_spec,
-    render,
-    render_job,
-    undeclared_properties,
-)
 from support.env import require_tools
-from support.gopatch import apply_ops_files
-from support.monit import syntax_error
-from support.release_layout import check_jobs
 
 PEM = "-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----"
 KEY = "-----BEGIN PRIVATE KEY-----\nK\n-----END PRIVATE KEY-----"

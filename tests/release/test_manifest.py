@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bosh_tools.gopatch import OpsError, apply_ops, apply_ops_files, load_yaml
+from bosh_tools.render import load_job_spec
 from release_helpers import JOBS, MANIFEST, OPS_FILES, RELEASE, VAR, VARS, interpolate, job_properties
-
-from support.bosh_render import load_job_spec
-from support.gopatch import OpsError, apply_ops, apply_ops_files, load_yaml
 
 EXPECTED_OPS = {"disable-dynamic-asgs.yml", "set-asg-poll-intervals.yml", "use-postgres.yml", "use-mysql.yml",
                 "enable-asg-logging.yml", "set-asg-blocking-wait.yml", "enable-ipv6.yml"}

@@ -12,11 +12,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from bosh_tools.monit import RUNNING, STOPPED, MonitError, private_monit, syntax_error
+from bosh_tools.render import GROUP, link_from_job, render, render_job
+from bosh_tools.vcap_root import VcapRoot
 
-from support.bosh_render import GROUP, link_from_job, render, render_job
+from dynamic_asgs.local.harness import free_port
 from support.env import require_tools
-from support.monit import RUNNING, STOPPED, MonitError, private_monit, syntax_error
-from support.vcap_root import VcapRoot
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jobs"
 SERVER, DB = FIXTURES / "echo-server", FIXTURES / "echo-db"
@@ -26,12 +27,6 @@ NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 @pytest.fixture(autouse=True)
 def _tools() -> None:
     require_tools("monit", "ruby", "python3")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def install_server(root: VcapRoot, **properties: object) -> int:

@@ -14,8 +14,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from bosh_tools.compile import Compiled, CompileError, compile_package
 
-from support.bosh_compile import Compiled, CompileError, compile_package
+from dynamic_asgs.local import examples
 from support.env import require_root_netns
 from support.netns import netns
 
@@ -67,9 +68,8 @@ def test_dynamic_asgs_runs_offline_from_its_virtualenv(compiled_packages: dict[s
 
 def test_translate_works_from_the_package(compiled_packages: dict[str, Compiled]) -> None:
     venv = compiled_packages["dynamic-asgs"].install_dir
-    examples = RELEASE / "examples"
-    result = run(venv / "bin" / "dynamic-asgs", "translate", "--security-groups", examples / "security-groups.json",
-                 "--container", examples / "container.json", "--family", "4")
+    result = run(venv / "bin" / "dynamic-asgs", "translate", "--security-groups", examples.SECURITY_GROUPS,
+                 "--container", examples.CONTAINER, "--family", "4")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "*filter" in lines and "COMMIT" in lines

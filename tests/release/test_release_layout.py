@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from support.release_layout import check_blobs, check_final, check_release
+from bosh_tools.release_layout import check_blobs, check_final, check_release
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jobs"
 

@@ -7,8 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from support.bosh_render import (
+from bosh_tools.render import (
     GROUP,
     RenderError,
     link_from_job,
@@ -18,6 +17,7 @@ from support.bosh_render import (
     render_job,
     undeclared_properties,
 )
+
 from support.env import require_tools
 
 FIXTURES = Path(__file__).parent / "fixtures" / "jobs"

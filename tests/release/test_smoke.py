@@ -1,6 +1,6 @@
 """Release smoke test: the compiled packages and rendered jobs run under a private real monit.
 
-The jobs are laid out under a temporary root that mirrors /var/vcap (support.vcap_root), with the
+The jobs are laid out under a temporary root that mirrors /var/vcap (bosh_tools.vcap_root), with the
 compiled python3 and dynamic-asgs packages (conftest's `compiled_packages`). The api side: the
 policy server on SQLite (pre-start migrates first, as the BOSH agent runs it) and the syncer
 against a cc-stub. The cell side: the agent and netmon, whose iptables tools are wrappers that run
@@ -10,7 +10,7 @@ the stub's ASGs (so the syncer synced), the agent answers /log-level, then stops
 checks that no process is left.
 
 The machine has no `vcap` user: the ctl and pre-start scripts' `--user vcap` becomes
-`--user nobody:nogroup` (the one change made to the rendered files besides support.vcap_root's path
+`--user nobody:nogroup` (the one change made to the rendered files besides bosh_tools.vcap_root's path
 rewrite), which proves the daemons drop root as they will drop it to vcap on a VM.
 """
 
@@ -29,15 +29,16 @@ from typing import Any
 
 import pytest
 import requests
+from bosh_tools.compile import Compiled
+from bosh_tools.monit import RUNNING, STOPPED, private_monit
+from bosh_tools.render import link_from_job, render_job
+from bosh_tools.vcap_root import VcapRoot
 from release_helpers import JOBS
 
-from support.bosh_compile import Compiled
-from support.bosh_render import link_from_job, render_job
+from dynamic_asgs.local.harness import iptables_wrappers
 from support.daemons import example_groups, free_port, make_certs, start_cc_stub, wait_for
 from support.env import require_root_netns, require_tools
-from support.monit import RUNNING, STOPPED, private_monit
 from support.netns import netns
-from support.vcap_root import VcapRoot
 
 pytestmark = pytest.mark.slow
 
@@ -59,16 +60,8 @@ def vcap_root() -> Iterator[VcapRoot]:
 
 
 def wrappers(directory: Path, ns: str) -> dict[str, str]:
-    """iptables tools that run the legacy backend inside namespace ``ns``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    commands = {}
-    for family in ("iptables", "ip6tables"):
-        for tool in ("save", "restore"):
-            path = directory / f"{family}-{tool}"
-            path.write_text(f'#!/bin/sh\nexec ip netns exec {ns} {family}-legacy-{tool} "$@"\n')
-            path.chmod(0o755)
-            commands[f"{family}_{tool}_command"] = str(path)
-    return commands
+    """iptables tools that run the legacy backend inside namespace ``ns`` (the harness's wrappers)."""
+    return iptables_wrappers(directory, ns, "legacy")
 
 
 def install(root: VcapRoot, job: str, properties: dict[str, Any], links: dict[str, Any] | None = None) -> None:

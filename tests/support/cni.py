@@ -1,5 +1,7 @@
 """Invoke CNI plugins the way a container runtime does, against a test cell (support.cell).
 
+Plugins run through the package's harness (:func:`dynamic_asgs.local.harness.invoke_cni`).
+
 * The main plugin (``ptp`` with ``host-local`` IPAM from /usr/lib/cni) runs inside the
   cell namespace, so the host side of the container's veth lives in the cell.
 * ``dynamic-asgs-cni`` runs in this namespace (where the agent's force endpoint and the
@@ -14,9 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,12 +24,15 @@ from typing import Any
 
 from dynamic_asgs.agent.endpoints import force_server
 from dynamic_asgs.lager import Logger
+from dynamic_asgs.local.configs import CniConfig, PtpConfig
+from dynamic_asgs.local.harness import CNI_DIR, Invocation, cni_plugin_path, invoke_cni, iptables_wrappers
 from support.cell import UNDERLAY, Cell, CellContainer, _namespace, cell
 from support.env import require, require_root_netns, require_tools
 
-CNI_DIR = Path("/usr/lib/cni")
 SUBNET = "10.254.0.0/24"
 NETWORK = "dasg-test"
+plugin_path = cni_plugin_path
+invoke = invoke_cni
 
 
 def require_cni() -> None:
@@ -42,50 +44,9 @@ def require_cni() -> None:
     require(plugin_path() is not None, "the dynamic-asgs-cni executable (pip install -e .)")
 
 
-def plugin_path() -> str | None:
-    """The ``dynamic-asgs-cni`` executable (beside this interpreter, else on PATH)."""
-    import sys
-
-    beside = Path(sys.executable).with_name("dynamic-asgs-cni")
-    return str(beside) if beside.exists() else shutil.which("dynamic-asgs-cni")
-
-
 def write_wrappers(directory: Path, ns: str) -> dict[str, str]:
-    """Shell wrappers running the legacy iptables tools inside namespace ``ns``; config keys -> paths."""
-    directory.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for key, tool in (("iptables_restore_command", "iptables-legacy-restore"),
-                      ("iptables_save_command", "iptables-legacy-save"),
-                      ("ip6tables_restore_command", "ip6tables-legacy-restore"),
-                      ("ip6tables_save_command", "ip6tables-legacy-save")):
-        path = directory / tool
-        path.write_text(f'#!/bin/sh\nexec ip netns exec {ns} {tool} "$@"\n')
-        path.chmod(0o755)
-        out[key] = str(path)
-    return out
-
-
-@dataclass
-class Invocation:
-    """One plugin run: exit status, parsed stdout (None when empty), stderr."""
-
-    returncode: int
-    output: dict[str, Any] | None
-    stderr: str
-
-
-def invoke(plugin: str, command: str, handle: str, config: dict[str, Any] | bytes, *, netns: str = "",
-           ns: str | None = None, ifname: str = "eth0") -> Invocation:
-    """Run ``plugin`` with the CNI environment and ``config`` on stdin (inside ``ns`` when given)."""
-    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": handle, "CNI_NETNS": netns, "CNI_IFNAME": ifname,
-           "CNI_PATH": str(CNI_DIR), "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
-    stdin = config if isinstance(config, bytes) else json.dumps(config).encode()
-    cmd = [plugin]
-    if ns is not None:  # a runtime in that namespace: the plugin inherits it, with the CNI variables
-        cmd = ["ip", "netns", "exec", ns, "env", *(f"{k}={v}" for k, v in env.items()), plugin]
-    proc = subprocess.run(cmd, input=stdin, capture_output=True, env=env, timeout=120)
-    text = proc.stdout.decode().strip()
-    return Invocation(proc.returncode, json.loads(text) if text else None, proc.stderr.decode())
+    """The harness's wrappers running the legacy iptables tools inside namespace ``ns``; config keys -> paths."""
+    return iptables_wrappers(directory, ns, "legacy")
 
 
 @dataclass
@@ -104,17 +65,14 @@ class CniCell:
         return self.tmp / "container-metadata" / "store.json"
 
     def main_config(self) -> dict[str, Any]:
-        return {"cniVersion": "1.0.0", "name": NETWORK, "type": "ptp", "ipMasq": False,
-                "ipam": {"type": "host-local", "subnet": SUBNET, "dataDir": str(self.tmp / "ipam"),
-                         "routes": [{"dst": "0.0.0.0/0"}]}}
+        return PtpConfig(network=NETWORK, subnet=SUBNET, ipam_dir=self.tmp / "ipam").to_json()
 
     def config(self, **overrides: Any) -> dict[str, Any]:
         """Our plugin's configuration (as the runtime builds it from the conflist)."""
-        return {"cniVersion": "1.0.0", "name": NETWORK, "type": "dynamic-asgs-cni",
-                "datastore": str(self.store), "iptables_lock_file": str(self.cell.lock_file),
-                "policy_agent_force_poll_address": self.agent_address, "policy_agent_timeout_seconds": 20,
-                "underlay_interface_names": [UNDERLAY], **write_wrappers(self.tmp / "bin", self.cell.ns),
-                **self.extra, **overrides}
+        return CniConfig(network=NETWORK, store=self.store, lock_file=self.cell.lock_file,
+                         agent_address=self.agent_address, underlay_interfaces=(UNDERLAY,),
+                         tools=write_wrappers(self.tmp / "bin", self.cell.ns),
+                         extra={"policy_agent_timeout_seconds": 20, **self.extra, **overrides}).to_json()
 
     def add(self, handle: str, *, metadata: dict[str, Any] | None = None, runtime: dict[str, Any] | None = None,
             **overrides: Any) -> Invocation:

@@ -3,8 +3,9 @@
 * :func:`database` makes a uniquely named database on SQLite, PostgreSQL or MariaDB (the
   services of ENVIRONMENT.md) and drops it afterwards; a missing service skips the test on
   a developer's machine and fails it in CI (support.env.require).
-* :class:`Daemon` runs ``dynamic-asgs <command>`` as a real process in its own process
-  group, with its log in a file, and always stops it (SIGTERM, then SIGKILL of the group).
+* :class:`Daemon`, :func:`start_cc_stub`, :func:`start_syncer` and :func:`start_policy_server`
+  start real processes through the package's harness (:mod:`dynamic_asgs.local.harness`, the
+  one ``local up`` uses), with the layout and defaults the tests expect, and read their logs.
 * :class:`CCStub` drives a running ``dynamic-asgs cc-stub`` through its control port.
 
 Unit tests import this module as ``support.daemons``.
@@ -15,14 +16,10 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,16 +31,19 @@ from dynamic_asgs.cc.client import CloudController
 from dynamic_asgs.cc.uaa import TokenSource
 from dynamic_asgs.http.client import JsonHttp, RetryPolicy, Timeouts
 from dynamic_asgs.lager import Logger
+from dynamic_asgs.local import harness
 from dynamic_asgs.local.cc_stub.catalog import Catalog, load_catalog
 from dynamic_asgs.local.cc_stub.server import StubServer
 from dynamic_asgs.local.cc_stub.state import StubState
+from dynamic_asgs.local.configs import PolicyServerConfig, SyncerConfig
+from dynamic_asgs.local.harness import CCStubProcess, Process, free_port
 from dynamic_asgs.local.pki import Pki, make_pki
 from dynamic_asgs.policydb.db import DatabaseSettings
 from dynamic_asgs.tls import client_context, server_context, session_for
 from support.env import require
 
 __all__ = [
-    "BACKENDS",
+    "DB_ENGINES",
     "FAST",
     "CCStub",
     "Daemon",
@@ -60,10 +60,11 @@ __all__ = [
     "start_policy_server",
     "start_syncer",
     "stub_http",
+    "syncer_settings",
     "wait_for",
 ]
 
-BACKENDS = ("sqlite", "postgres", "mariadb")
+DB_ENGINES = ("sqlite", "postgres", "mariadb")
 _ADMIN = {
     "postgres": ("postgresql+psycopg://postgres@127.0.0.1:5432/test", "PostgreSQL on 127.0.0.1:5432"),
     "mariadb": ("mysql+pymysql://root@127.0.0.1:3306/test", "MariaDB on 127.0.0.1:3306"),
@@ -86,12 +87,6 @@ def wait_for(check: Callable[[], Any], *, timeout: float = 20.0, interval: float
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" +
                          (f" (last error: {last_error})" if last_error else ""))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -140,25 +135,9 @@ def make_certs(directory: Path, name: str) -> Pki:
     return make_pki(directory, name=name)
 
 
-class Daemon:
-    """``dynamic-asgs <args>`` as a child process in its own process group, log in ``log_path``."""
-
-    def __init__(self, args: list[str], log_path: Path, *, argv: list[str] | None = None) -> None:
-        """Run ``dynamic-asgs <args>``, or the command line ``argv`` when given."""
-        self.args = args
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            argv or [sys.executable, "-m", "dynamic_asgs.cli", *args], stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
+class Daemon(Process):
+    """``dynamic-asgs <args>`` (or ``argv``) as a child process in its own process group, log in ``log_path``;
+    the harness's process with the tests' reading of its log."""
 
     def log_lines(self) -> list[dict[str, Any]]:
         """The JSON lines of the log (other lines are skipped)."""
@@ -174,42 +153,18 @@ class Daemon:
         """Log lines whose message ends with ``.suffix``."""
         return [line for line in self.log_lines() if str(line.get("message", "")).endswith(f".{suffix}")]
 
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, wait, then SIGKILL the whole process group; return the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout)
-        self.kill_group()
-        self._log.close()
-        return self.proc.returncode
-
-    def kill_group(self) -> None:
-        """SIGKILL the process and everything left in its group (workers)."""
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
 
 @dataclass
-class CCStub:
-    """A running ``dynamic-asgs cc-stub`` (see :func:`start_cc_stub`)."""
-
-    daemon: Daemon
-    ports: dict[str, int]
-    pki_dir: Path
-    asgs: Path
+class CCStub(CCStubProcess):
+    """A running ``dynamic-asgs cc-stub`` (see :func:`start_cc_stub`), driven through its control port."""
 
     @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.ports['public']}"
-
-    @property
-    def internal_url(self) -> str:
-        return f"https://127.0.0.1:{self.ports['internal']}"
+    def daemon(self) -> Daemon:
+        assert isinstance(self.process, Daemon)
+        return self.process
 
     def _control(self, method: str, path: str, body: Any = None) -> Any:
-        r = requests.request(method, f"http://127.0.0.1:{self.ports['control']}{path}", json=body, timeout=10)
+        r = requests.request(method, f"{self.control_url}{path}", json=body, timeout=10)
         r.raise_for_status()
         return r.json()
 
@@ -235,15 +190,7 @@ class CCStub:
 
     def syncer_config(self, database: dict[str, Any], **extra: Any) -> dict[str, Any]:
         """A syncer configuration pointing at this stand-in."""
-        ca = str(self.pki_dir / "cc-ca.crt")
-        return {
-            "database": database, "uaa_client": "network-policy", "uaa_client_secret": "network-policy-secret",
-            "uaa_url": self.url, "uaa_ca": ca, "cc_url": self.url, "cc_ca_cert": ca,
-            "cc_internal_url": self.internal_url, "cc_internal_ca_cert": ca,
-            "cc_internal_client_cert": str(self.pki_dir / "cc-client.crt"),
-            "cc_internal_client_key": str(self.pki_dir / "cc-client.key"),
-            "metrics_port": 0, **extra,
-        }
+        return SyncerConfig(database=database, cc=self.endpoints(), extra=extra).to_json()
 
 
 def start_cc_stub(tmp_path: Path, groups: list[dict[str, Any]], *, name: str = "cc") -> CCStub:
@@ -252,25 +199,25 @@ def start_cc_stub(tmp_path: Path, groups: list[dict[str, Any]], *, name: str = "
     directory.mkdir(parents=True, exist_ok=True)
     asgs = directory / "asgs.json"
     asgs.write_text(json.dumps({"security_groups": groups}))
-    ports_file = directory / "ports.json"
-    daemon = Daemon(["cc-stub", "--asgs", str(asgs), "--pki-dir", str(directory / "pki"), "--port", "0",
-                     "--internal-port", "0", "--control-port", "0", "--ports-file", str(ports_file)],
-                    directory / "cc-stub.log")
-    try:
-        ports = wait_for(lambda: ports_file.exists() and json.loads(ports_file.read_text()), what="cc-stub ports")
-    except AssertionError:
-        daemon.stop()
-        raise
-    return CCStub(daemon, ports, directory / "pki", asgs)
+    stub = harness.start_cc_stub(asgs, pki_dir=directory / "pki", ports_file=directory / "ports.json",
+                                 log=directory / "cc-stub.log", spawn=Daemon)
+    return CCStub(stub.process, stub.ports, stub.pki_dir, stub.asgs)
 
+
+def syncer_settings(stub: CCStub, database: dict[str, Any], *, name: str, **extra: Any) -> SyncerConfig:
+    """The typed configuration of a syncer named ``name`` polling ``stub`` (``extra``: more keys)."""
+    return SyncerConfig(database=database, cc=stub.endpoints(), uuid=name,
+                        poll_interval_seconds=extra.pop("asg_poll_interval_seconds", None),
+                        metrics_port=extra.pop("metrics_port", 0), extra=extra)
 
 
 def start_syncer(tmp_path: Path, stub: CCStub, database: dict[str, Any], *, name: str = "syncer",
                  **extra: Any) -> Daemon:
     """Start ``policy-server-asg-syncer`` against ``stub``; the caller stops it."""
-    config = tmp_path / f"{name}.json"
-    config.write_text(json.dumps(stub.syncer_config(database, uuid=name, **extra)))
-    return Daemon(["policy-server-asg-syncer", "--config-file", str(config)], tmp_path / f"{name}.log")
+    syncer = harness.start_syncer(syncer_settings(stub, database, name=name, **extra),
+                                  config_file=tmp_path / f"{name}.json", log=tmp_path / f"{name}.log", spawn=Daemon)
+    assert isinstance(syncer.process, Daemon)
+    return syncer.process
 
 
 @dataclass
@@ -291,18 +238,15 @@ class PolicyServer:
 
 
 def start_policy_server(tmp_path: Path, database: dict[str, Any], *, workers: int = 2, **extra: Any) -> PolicyServer:
-    """Start ``policy-server`` on free loopback ports and wait until it answers; the caller stops it."""
+    """Start ``policy-server`` on free loopback ports and wait until every worker serves; the caller stops it."""
     pki = make_certs(tmp_path / "ps-pki", "ps")
-    port, health = free_port(), free_port()
-    config = tmp_path / "policy-server.json"
-    config.write_text(json.dumps({
-        "database": database, "listen_host": "127.0.0.1", "internal_listen_port": port,
-        "health_check_port": health, "metrics_port": 0, "workers": workers,
-        "ca_cert_file": str(pki.server.ca), "server_cert_file": str(pki.server.cert),
-        "server_key_file": str(pki.server.key), **extra,
-    }))
-    daemon = Daemon(["policy-server", "--config-file", str(config)], tmp_path / "policy-server.log")
-    server = PolicyServer(daemon, port, health, pki)
+    config = PolicyServerConfig(database=database, server=pki.server, port=free_port(), health_port=free_port(),
+                                metrics_port=extra.pop("metrics_port", 0), workers=workers, extra=extra)
+    started = harness.start_policy_server(config, pki, config_file=tmp_path / "policy-server.json",
+                                          log=tmp_path / "policy-server.log", spawn=Daemon)
+    daemon = started.process
+    assert isinstance(daemon, Daemon)
+    server = PolicyServer(daemon, config.port, config.health_port, pki)
 
     def answers() -> bool:
         r = requests.get(f"{server.url}/networking/v1/internal/security_groups", verify=str(pki.server.ca),

@@ -34,7 +34,7 @@ def require_tools(*tools: str) -> None:
         require(shutil.which(tool) is not None, f"the `{tool}` command")
 
 
-BACKENDS = ("legacy", "nft")
+IPTABLES_BACKENDS = ("legacy", "nft")
 
 
 def require_backend(backend: str) -> None:

@@ -23,12 +23,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from dynamic_asgs.asg import chains
+from dynamic_asgs.http.server import Background, ThreadedServer
 from dynamic_asgs.local.pki import Pki
 from dynamic_asgs.tls import server_context
 from support.cell import Cell
@@ -239,8 +240,7 @@ def _asked_spaces(path: str, body: bytes) -> set[str]:
     return spaces
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(ThreadedServer):
     fake: FakePolicyServer
 
 
@@ -255,7 +255,7 @@ class FakePolicyServer:
         self.requests = 0
         self._context: ssl.SSLContext = server_context(ca_file=str(pki.server.ca), cert_file=str(pki.server.cert),
                                                        key_file=str(pki.server.key))
-        self._httpd: _Server | None = None
+        self._httpd: Background | None = None
         self.port = 0
         self.up()
 
@@ -264,15 +264,13 @@ class FakePolicyServer:
         httpd = _Server(("127.0.0.1", self.port), _Handler)
         httpd.fake = self
         httpd.socket = self._context.wrap_socket(httpd.socket, server_side=True)
-        self.port = httpd.server_address[1]
-        self._httpd = httpd
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        self._httpd = Background(httpd, name="fake-policy-server").start()
+        self.port = self._httpd.port
 
     def down(self) -> None:
         """Stop listening: connections are refused, as with a dead policy server."""
         if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+            self._httpd.stop()
             self._httpd = None
 
     @property

@@ -29,11 +29,12 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from dynamic_asgs.http.server import Background, Handler, ThreadedServer
+from dynamic_asgs.local.configs import CCEndpoints, SyncerConfig
 from dynamic_asgs.local.pki import Pki, make_pki
 from dynamic_asgs.tls import server_context
 
@@ -128,33 +129,13 @@ class Raw:
 Fault = Redirect | Drip | Endless | Oversized | Raw
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(ThreadedServer):
     owner: Any
-    context: ssl.SSLContext | None
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        if self.context is None:
-            super().finish_request(request, client_address)
-            return
-        try:
-            request.settimeout(10)
-            tls = self.context.wrap_socket(request, server_side=True)
-        except OSError:
-            return
-        try:
-            _Handler(tls, client_address, self)
-        finally:
-            tls.close()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Handler):
     server: _Server
-    protocol_version = "HTTP/1.1"
     timeout = 30
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     def do_GET(self) -> None:
         self.server.owner.answer(self)
@@ -163,21 +144,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.server.owner.answer(self)
 
-    def reply(self, status: int, body: bytes, **headers: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
 
 
-def _serve(owner: Any, context: ssl.SSLContext | None) -> _Server:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.owner, server.context = owner, context
-    threading.Thread(target=server.serve_forever, name="hostile-cc", daemon=True).start()
-    return server
+def _serve(owner: Any, context: ssl.SSLContext | None) -> Background:
+    server = _Server(("127.0.0.1", 0), _Handler, context=context)
+    server.owner = owner
+    return Background(server, name="hostile-cc").start()
 
 
 class HostileCC:
@@ -203,11 +175,11 @@ class HostileCC:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self._public.server_address[1]}"
+        return f"https://127.0.0.1:{self._public.port}"
 
     @property
     def internal_url(self) -> str:
-        return f"https://127.0.0.1:{self._internal.server_address[1]}"
+        return f"https://127.0.0.1:{self._internal.port}"
 
     @property
     def last_update(self) -> str:
@@ -235,17 +207,15 @@ class HostileCC:
 
     def syncer_config(self, database: dict[str, Any], **extra: Any) -> dict[str, Any]:
         """A syncer configuration for this CC."""
-        ca = str(self.pki.ca.cert_path)
-        return {"database": database, "uaa_client": CLIENT, "uaa_client_secret": SECRET, "uaa_url": self.url,
-                "uaa_ca": ca, "cc_url": self.url, "cc_ca_cert": ca, "cc_internal_url": self.internal_url,
-                "cc_internal_ca_cert": ca, "cc_internal_client_cert": str(self.pki.client.cert),
-                "cc_internal_client_key": str(self.pki.client.key), "metrics_port": 0, **extra}
+        cc = CCEndpoints(url=self.url, internal_url=self.internal_url, ca_cert=str(self.pki.ca.cert_path),
+                         client_cert=str(self.pki.client.cert), client_key=str(self.pki.client.key),
+                         client_id=CLIENT, client_secret=SECRET)
+        return SyncerConfig(database=database, cc=cc, extra=extra).to_json()
 
     def close(self) -> None:
         self.closing.set()
         for server in (self._public, self._internal):
-            server.shutdown()
-            server.server_close()
+            server.stop()
 
     # -- answers ------------------------------------------------------------------------------
 
@@ -350,7 +320,7 @@ class Elsewhere:
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return self._server.port
 
     def url(self, host: str = "127.0.0.1") -> str:
         return f"{self.scheme}://{host}:{self.port}"
@@ -366,5 +336,4 @@ class Elsewhere:
             handler.reply(200, listing(ATTACKER, page=1, per_page=5000, pages=1))
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()

@@ -8,7 +8,6 @@ is scraped from inside it too.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,22 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.daemons import Daemon, wait_for
 from support.netns import ns_run
 
-__all__ = ["Netmon", "NetnsDaemon", "scrape", "start_netmon"]
+__all__ = ["Netmon", "scrape", "start_netmon"]
 
 _FETCH = "import sys, urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1], timeout=10).read().decode())"
-
-
-class NetnsDaemon(Daemon):
-    """A :class:`~support.daemons.Daemon` whose process runs inside network namespace ``ns``."""
-
-    def __init__(self, ns: str, args: list[str], log_path: Path) -> None:
-        self.args = args
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "dynamic_asgs.cli", *args], stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
 
 
 def scrape(ns: str, port: int) -> str:
@@ -47,7 +33,7 @@ class Netmon:
     """A running netmon and where its metrics are."""
 
     ns: str
-    daemon: NetnsDaemon
+    daemon: Daemon
     port: int
 
     def text(self) -> str:
@@ -71,7 +57,7 @@ def start_netmon(ns: str, directory: Path, *, backend: str, port: int = 9102, **
               "metrics_port": port, **overrides}
     path = directory / "netmon.json"
     path.write_text(json.dumps(config))
-    netmon = Netmon(ns, NetnsDaemon(ns, ["netmon", "--config-file", str(path)], directory / "netmon.log"), port)
+    netmon = Netmon(ns, Daemon(["netmon", "--config-file", str(path)], directory / "netmon.log", ns=ns), port)
     try:
         wait_for(lambda: netmon.value("netmon_measurement_seconds_count", measurement="overlay"), timeout=30,
                  what="netmon's first measurement")

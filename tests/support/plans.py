@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -72,3 +73,23 @@ def digest_of(rule: str) -> str | None:
 
 def jump_targets(rules: Iterable[str]) -> list[str]:
     return [m.group(1) for r in rules for m in [re.search(r" -[jg] (\S+)", r)] if m]
+
+
+def random_rules(seed: int, *, most: int = 40) -> list[dict[str, Any]]:
+    """Between 1 and ``most`` CC rule objects of every protocol (and IPv6), drawn from ``seed``."""
+    rnd = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for _ in range(rnd.randint(1, most)):
+        kind = rnd.choice(["tcp", "udp", "icmp", "all", "v6"])
+        dst = f"10.{rnd.randint(0, 255)}.{rnd.randint(0, 255)}.0/{rnd.choice([24, 28, 32])}"
+        if kind in ("tcp", "udp"):
+            a = rnd.randint(1, 60000)
+            ports = rnd.choice([f"{a}", f"{a}-{a + 9}", f"{a},{a + 5}"])
+            out.append({"protocol": kind, "destination": dst, "ports": ports})
+        elif kind == "icmp":
+            out.append({"protocol": "icmp", "destination": dst, "type": rnd.choice([-1, 0, 8]), "code": -1})
+        elif kind == "all":
+            out.append({"protocol": "all", "destination": dst, "log": rnd.random() < 0.3})
+        else:
+            out.append({"protocol": "tcp", "destination": f"fd00:{rnd.randint(1, 9999):x}::/64", "ports": "443"})
+    return out

@@ -1,18 +1,19 @@
 """The whole system as real processes: cc-stub -> syncer -> policy server -> agent on a namespace cell.
 
+All processes start through the package's harness (:mod:`dynamic_asgs.local.harness`, the
+one ``local up`` uses); readiness is asked over HTTP.
+
 * :func:`control_plane` starts the CC stand-in, the syncer and the policy server (SQLite)
   with short intervals and stops them afterwards.
-* :func:`cell_tools` writes wrapper scripts that run a backend's iptables tools (restore,
-  save and the plain tool the agent lists single chains with) inside the cell
-  namespace, so daemons in the root namespace (where the policy server's
-  loopback port is) manage the cell's tables and never the root namespace's.
+* :func:`cell_tools` writes the harness's wrapper scripts that run the cell's backend's
+  iptables tools inside the cell namespace, so daemons in the root namespace (where the
+  policy server's loopback port is) manage the cell's tables and never the root namespace's.
 * :func:`start_agent` runs ``vxlan-policy-agent`` for a cell; :class:`Agent` drives its
   local endpoints.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -21,18 +22,12 @@ from typing import Any
 
 import requests
 
+from dynamic_asgs.local import harness
+from dynamic_asgs.local.configs import AgentConfig
+from dynamic_asgs.local.harness import ProcessExited, free_port
 from dynamic_asgs.metadata_store import MetadataStore
 from support.cell import Cell
-from support.daemons import (
-    CCStub,
-    Daemon,
-    PolicyServer,
-    free_port,
-    start_cc_stub,
-    start_policy_server,
-    start_syncer,
-    wait_for,
-)
+from support.daemons import CCStub, Daemon, PolicyServer, start_cc_stub, start_policy_server, syncer_settings
 
 __all__ = ["Agent", "ControlPlane", "asg", "cell_tools", "control_plane", "start_agent", "store_add"]
 
@@ -64,27 +59,20 @@ def control_plane(tmp_path: Path, groups: list[dict[str, Any]], *, poll: int = 1
     with ExitStack() as stack:
         stub = start_cc_stub(tmp_path, groups)
         stack.callback(stub.daemon.stop)
-        syncer = start_syncer(tmp_path, stub, database, asg_poll_interval_seconds=poll)
-        stack.callback(syncer.stop)
-        wait_for(lambda: syncer.events("sync-complete") or syncer.events("sync-unchanged"), timeout=60,
-                 what="the syncer's first sync")
+        syncer = harness.start_syncer(syncer_settings(stub, database, name="syncer", asg_poll_interval_seconds=poll,
+                                                      metrics_port=free_port()),
+                                      config_file=tmp_path / "syncer.json", log=tmp_path / "syncer.log", spawn=Daemon)
+        assert isinstance(syncer.process, Daemon)
+        stack.callback(syncer.process.stop)
+        syncer.wait_synced()
         policy = start_policy_server(tmp_path, database, workers=1, dataset_check_interval_ms=200)
         stack.callback(policy.daemon.stop)
-        yield ControlPlane(stub, syncer, policy)
+        yield ControlPlane(stub, syncer.process, policy)
 
 
 def cell_tools(cell: Cell, directory: Path) -> dict[str, str]:
     """Wrapper scripts for the cell's iptables tools: config key -> path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    keys = {}
-    for version, prefix in ((4, "iptables"), (6, "ip6tables")):
-        for kind in ("restore", "save", ""):
-            path = directory / (f"{prefix}-{kind}" if kind else prefix)
-            path.write_text(f"#!/bin/sh\nexec ip netns exec {cell.ns} {cell.tool(version, kind)} \"$@\"\n")
-            path.chmod(0o755)
-            if kind:
-                keys[f"{prefix}_{kind}_command"] = str(path)
-    return keys
+    return harness.iptables_wrappers(directory, cell.ns, cell.backend)
 
 
 def store_add(store: Path, cell: Cell, handle: str, *, space: str, app: str | None = None,
@@ -137,39 +125,21 @@ def start_agent(tmp_path: Path, cell: Cell, policy: PolicyServer, store: Path, *
     directory = tmp_path / name
     attempts = 3
     for attempt in range(1, attempts + 1):
-        config: dict[str, Any] = {
-            "policy_server_url": policy.url, "ca_cert_file": str(policy.pki.client.ca),
-            "client_cert_file": str(policy.pki.client.cert), "client_key_file": str(policy.pki.client.key),
-            "cni_datastore_path": str(store), "iptables_lock_file": str(cell.lock_file),
-            "asg_poll_interval": 1, "force_policy_poll_cycle_port": free_port(), "debug_server_port": free_port(),
-            "metrics_port": free_port(), "enable_ipv6": True, "underlay_ips": ["198.18.0.1"],
+        config = AgentConfig(
+            policy_server_url=policy.url, client=policy.pki.client, store=store, lock_file=cell.lock_file,
+            force_port=free_port(), debug_port=free_port(), metrics_port=free_port(), underlay_ips=("198.18.0.1",),
+            poll_interval=1, tools=cell_tools(cell, directory / "bin"),
             # Cell.hook plays a CNI that is done once the parent exists (ours forces a sync; a test that plays
             # silk's cni-wrapper-plugin sets the settle time it needs).
-            "new_container_settle_seconds": 0,
-            **cell_tools(cell, directory / "bin"), **overrides,
-        }
-        agent = _launch(directory, config, name, last=attempt == attempts)
-        if agent is not None:
-            return agent
+            extra={"enable_ipv6": True, "new_container_settle_seconds": 0, **overrides},
+        )
+        try:
+            started = harness.start_agent(config, config_file=directory / "vxlan-policy-agent.json",
+                                          log=directory / "agent.log", timeout=30, spawn=Daemon)
+        except ProcessExited as exc:
+            if "Address already in use" in exc.log_tail and attempt < attempts:
+                continue
+            raise AssertionError(f"{name} exited at start: {exc.log_tail}") from None
+        assert isinstance(started.process, Daemon)
+        return Agent(started.process, config.to_json())
     raise AssertionError(f"{name}: no free ports after {attempts} attempts")
-
-
-def _launch(directory: Path, config: dict[str, Any], name: str, *, last: bool) -> Agent | None:
-    """The started agent; None when it exited because a port was taken (and this is not the ``last`` try)."""
-    config_file = directory / "vxlan-policy-agent.json"
-    config_file.write_text(json.dumps(config))
-    log = directory / "agent.log"
-    agent = Agent(Daemon(["vxlan-policy-agent", "--config-file", str(config_file)], log), config)
-    try:
-        wait_for(lambda: not agent.daemon.running() or requests.get(agent._url("debug", "/log-level"), timeout=2).ok,
-                 timeout=30, what=f"{name}'s debug endpoint")
-    except AssertionError:
-        agent.daemon.stop()
-        raise
-    if agent.daemon.running():
-        return agent
-    agent.daemon.stop()
-    text = log.read_text(errors="replace")
-    if "Address already in use" in text and not last:
-        return None
-    raise AssertionError(f"{name} exited at start: {text[-2000:]}")

@@ -10,10 +10,10 @@ from sqlalchemy.engine import Engine
 
 from dynamic_asgs.policydb.db import DatabaseSettings, create_engine
 from dynamic_asgs.policydb.migrate import upgrade
-from support.daemons import BACKENDS, InProcessStub, database, example_groups, inprocess_stub
+from support.daemons import DB_ENGINES, InProcessStub, database, example_groups, inprocess_stub
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=DB_ENGINES)
 def db_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseSettings]:
     with database(request.param, tmp_path) as settings:
         yield settings

@@ -26,12 +26,10 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import signal
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 from dynamic_asgs.agent.converger import Converger
@@ -50,6 +48,7 @@ from dynamic_asgs.iptables.runner import IptablesRunner
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.metadata_store import MetadataStore, StoreView
 from dynamic_asgs.metrics import serve_metrics
+from dynamic_asgs.signals import stop_on_signals
 
 __all__ = ["add_arguments", "run"]
 
@@ -64,14 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _client(s: AgentSettings) -> PolicyClient:
     return PolicyClient(s.policy_server_url, ca_file=s.ca_cert_file, cert_file=s.client_cert_file,
                         key_file=s.client_key_file, timeout=s.client_timeout)
-
-
-def _stop_on_signals(stop: threading.Event) -> None:
-    def handler(signum: int, _: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
 
 
 def _disabled(s: AgentSettings, log: Logger, stop: threading.Event) -> int:
@@ -93,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     s = load_settings(args.config_file)
     log = Logger(s.source, level=s.log_level)
     stop = threading.Event()
-    _stop_on_signals(stop)
+    stop_on_signals(stop)
     metrics = AgentMetrics()
     exporter = serve_metrics(s.metrics_port, metrics.registry)
     log.info("starting", {"policy_server_url": s.policy_server_url, "asg_poll_interval": s.poll_interval,

@@ -17,14 +17,12 @@ Handlers get plain callables, so the servers know nothing of the agent's interna
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from dynamic_asgs.agent.status import StatusDocument
 from dynamic_asgs.errors import ConfigError
+from dynamic_asgs.http.server import Background, Handler, ThreadedServer
 from dynamic_asgs.lager import Logger, parse_level
 
 __all__ = ["LocalServer", "debug_server", "force_server"]
@@ -33,9 +31,8 @@ DISABLED = "ASG syncing has been disabled administratively"
 Route = Callable[[str, Mapping[str, list[str]], bytes], tuple[int, str, str]]
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Handler):
     server: _Server
-    protocol_version = "HTTP/1.1"
 
     def _dispatch(self) -> None:
         url = urlsplit(self.path)
@@ -50,50 +47,28 @@ class _Handler(BaseHTTPRequestHandler):
             except Exception as exc:  # a handler bug must answer, not kill the server thread
                 self.server.log.error("handler-failed", exc, {"path": url.path})
                 status, ctype, text = 500, "text/plain", f"internal error: {exc}"
-        data = text.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", f"{ctype}; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.reply(status, text.encode(), f"{ctype}; charset=utf-8")
 
     do_GET = do_POST = do_PUT = _dispatch
 
-    def log_message(self, format: str, *args: Any) -> None:
-        self.server.log.debug("request", {"line": format % args})
 
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(ThreadedServer):
+    log: Logger
 
     def __init__(self, address: tuple[str, int], routes: dict[str, Route], log: Logger) -> None:
         self.routes = routes
-        self.log = log
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, log=log)
 
 
-class LocalServer:
+class LocalServer(Background):
     """A small threaded HTTP server on a local address, started in the background."""
 
     def __init__(self, host: str, port: int, routes: dict[str, Route], logger: Logger, *, what: str) -> None:
         try:
-            self._server = _Server((host, port), routes, logger)
+            server = _Server((host, port), routes, logger)
         except OSError as exc:
             raise ConfigError(f"{what} {host}:{port}: cannot listen: {exc.strerror or exc}") from None
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"http-{port}", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> LocalServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread.is_alive():  # shutdown() waits for serve_forever: only when it runs
-            self._server.shutdown()
-        self._server.server_close()
+        super().__init__(server, name=f"http-{server.server_address[1]}")
 
 
 def _container(query: Mapping[str, list[str]]) -> str:

@@ -48,6 +48,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from dynamic_asgs.config import json_path
 from dynamic_asgs.errors import Refusal, RefusedAnswer, RefusedRequest, UpstreamError
 from dynamic_asgs.http.deadline import Deadline, scope
 
@@ -123,13 +124,6 @@ def public_url(url: str, *, base: str = "", keep_query: bool = True) -> str:
     netloc = (f"[{host}]" if ":" in host else host) + ("" if port is None else f":{port}")
     query = f"?{parts.query}" if keep_query and parts.query else ""
     return f"{parts.scheme}://{netloc}{parts.path}{query}"[:300]
-
-
-def _where(error: Any) -> str:
-    parts = ["$"]
-    for part in error.absolute_path:
-        parts.append(f"[{part}]" if isinstance(part, int) else f".{part}")
-    return "".join(parts)
 
 
 class JsonHttp:
@@ -225,7 +219,7 @@ class JsonHttp:
         if schema is not None:
             error = best_match(schema.iter_errors(body))
             if error is not None:
-                raise UpstreamError(f"{what}: unexpected response at {_where(error)}: {error.message[:200]}")
+                raise UpstreamError(f"{what}: unexpected response at {json_path(error)}: {error.message[:200]}")
         return body
 
     def _note(self, endpoint: str, status: str, start: float) -> None:

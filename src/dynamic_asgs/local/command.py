@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from dynamic_asgs.errors import DynamicASGsError
 from dynamic_asgs.local import topology
 from dynamic_asgs.local.environment import SPACES, LocalEnv
+from dynamic_asgs.signals import stop_on_signals
 
 __all__ = ["add_arguments", "run"]
 
@@ -25,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     up = actions.add_parser("up", help="start everything; Ctrl-C (or `local down`) stops and removes it")
     up.add_argument("--asgs", type=Path, help="security groups file, edits picked up live (default: a copy of "
-                    "examples/asgs.yml in the state dir)")
+                    "the package's local/examples/asgs.yml in the state dir)")
     up.add_argument("--containers", type=int, default=3, help="app containers on the cell (default 3)")
     up.add_argument("--backend", choices=("legacy", "nft"), default="legacy", help="iptables backend of the cell")
     down = actions.add_parser("down", help="stop and remove every process, namespace and file of `local up`")
@@ -65,12 +64,7 @@ def _up(env: LocalEnv, args: argparse.Namespace) -> int:
     if args.containers < 1:
         raise DynamicASGsError(f"--containers {args.containers}: must be at least 1")
     stop = threading.Event()
-
-    def handler(signum: int, _: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    stop_on_signals(stop)
     print(f"starting the local environment in {env.dir} ...", flush=True)
     env.up(asgs=args.asgs, containers=args.containers, backend=args.backend)
     print(_banner(env), flush=True)
@@ -84,32 +78,32 @@ def _up(env: LocalEnv, args: argparse.Namespace) -> int:
 
 
 def _banner(env: LocalEnv) -> str:
-    s, p = env.state, env.state["ports"]
+    s, p = env.state, env.state.ports
     lines = [f"dynamic-asgs local environment is up (state, configs and logs: {env.dir})", "",
              "processes (logs in logs/<name>.log):",
-             f"  cc-stub             https://127.0.0.1:{p['cc_public']} (ASGs from {s['asgs']})",
+             f"  cc-stub             https://127.0.0.1:{p.cc_public} (ASGs from {s.asgs})",
              "  syncer              polls the stand-in every 1 s",
-             f"  policy-server       https://127.0.0.1:{p['policy_server']} (mTLS), "
-             f"health http://127.0.0.1:{p['policy_health']}/health",
-             f"  vxlan-policy-agent  status http://127.0.0.1:{p['agent_debug']}/asg-status, "
-             f"metrics http://127.0.0.1:{p['agent_metrics']}/metrics",
-             f"  netmon              in {s['cell']}: ip netns exec {s['cell']} curl -s "
-             f"127.0.0.1:{p['netmon_metrics']}/metrics", "",
-             f"cell namespace {s['cell']} ({s['backend']} iptables); containers:"]
-    for name, c in s["containers"].items():
-        lines.append(f"  {name:<4} {c['ip']:<14} space {c['space']:<10} namespace {c['ns']}")
-    lines += ["", f"services in namespace {s['dest']}:"]
+             f"  policy-server       https://127.0.0.1:{p.policy_server} (mTLS), "
+             f"health http://127.0.0.1:{p.policy_health}/health",
+             f"  vxlan-policy-agent  status http://127.0.0.1:{p.agent_debug}/asg-status, "
+             f"metrics http://127.0.0.1:{p.agent_metrics}/metrics",
+             f"  netmon              in {s.cell}: ip netns exec {s.cell} curl -s "
+             f"127.0.0.1:{p.netmon_metrics}/metrics", "",
+             f"cell namespace {s.cell} ({s.backend} iptables); containers:"]
+    for name, c in s.containers.items():
+        lines.append(f"  {name:<4} {c.ip or '-':<14} space {c.space:<10} namespace {c.ns}")
+    lines += ["", f"services in namespace {s.dest}:"]
     for svc in topology.SERVICES:
         ports = ", ".join([f"tcp {x}" for x in svc.tcp] + [f"udp {x}" for x in svc.udp])
         lines.append(f"  {svc.name:<15} {svc.address:<11} {ports}")
-    payments = next(n for n, c in s["containers"].items() if c["space"] == SPACES[0][0])
-    other = next((n for n, c in s["containers"].items() if c["space"] != SPACES[0][0]), payments)
+    payments = next(n for n, c in s.containers.items() if c.space == SPACES[0][0])
+    other = next((n for n, c in s.containers.items() if c.space != SPACES[0][0]), payments)
     lines += ["", "try it:",
               f"  dynamic-asgs local exec {payments} -- nc -zv -w 2 10.10.10.5 5432   # open: payments-db is bound "
               "to space payments",
               f"  dynamic-asgs local exec {other} -- nc -zv -w 2 10.10.10.5 5432   # refused: not bound to "
-              f"{s['containers'][other]['space']}",
-              f"  edit {s['asgs']} (e.g. add {SPACES[1][1]} to payments-db's running_spaces),",
+              f"{s.containers[other].space}",
+              f"  edit {s.asgs} (e.g. add {SPACES[1][1]} to payments-db's running_spaces),",
               "  then run the second command again: the change is enforced within seconds, no restart",
               "  dynamic-asgs local status", "",
               f"Ctrl-C here, or `dynamic-asgs local down --state-dir {env.dir}`, stops and removes everything."]

@@ -1,13 +1,15 @@
 """The all-in-one local environment: the whole system on one Linux machine (root needed).
 
 :meth:`LocalEnv.up` starts, each as a real process with its config and log under the
-state directory: the Cloud Controller stand-in (ASGs from a file, edits picked up
-live), the syncer and the policy server on SQLite, the agent and netmon for one cell
-in network namespaces, and a destination namespace with listening services. App
-containers are created through the CNI chain a runtime would run: ``ptp`` with
-``host-local`` IPAM, then ``dynamic-asgs-cni``. Everything created is recorded in
-``state.json`` as it is created, so :meth:`LocalEnv.down` removes it all, even after
-a crash half-way through ``up``.
+state directory and through the package's harness (:mod:`.harness`, the one the tests
+use too): the Cloud Controller stand-in (ASGs from a file, edits picked up live), the
+syncer and the policy server on SQLite, the agent and netmon for one cell in network
+namespaces, and a destination namespace with listening services. App containers are
+created through the CNI chain a runtime would run: ``ptp`` with ``host-local`` IPAM,
+then ``dynamic-asgs-cni``. What is created (namespaces, processes, containers, entries
+of the state directory) is recorded in ``state.json`` (:class:`EnvState`) as it is
+created, so :meth:`LocalEnv.down` removes exactly that, even after a crash half-way
+through ``up``.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,21 @@ import requests
 
 from dynamic_asgs.agent.status import AgentStatus, format_instant
 from dynamic_asgs.errors import DynamicASGsError
-from dynamic_asgs.local import topology
-from dynamic_asgs.local.pki import make_pki
+from dynamic_asgs.local import examples, harness, topology
+from dynamic_asgs.local.configs import (
+    AgentConfig,
+    CniConfig,
+    NetmonConfig,
+    PolicyServerConfig,
+    PtpConfig,
+    SyncerConfig,
+)
+from dynamic_asgs.local.harness import CNI_DIR, alive, free_port, stop_pid
+from dynamic_asgs.local.pki import Issued, make_pki
 
-__all__ = ["SPACES", "LocalEnv", "default_asgs", "free_port"]
+__all__ = ["SPACES", "ContainerState", "EnvState", "LocalEnv", "Ports", "default_asgs"]
 
 STATE_FILE = "state.json"
-CNI_DIR = Path("/usr/lib/cni")
 NETWORK = "dasg-local"
 #: (name, guid) of the spaces containers are placed in, round robin; guids as in examples/asgs.yml.
 SPACES = (("payments", "8c5f0c7e-0000-4000-8000-00000000000a"), ("marketing", "8c5f0c7e-0000-4000-8000-00000000000c"))
@@ -43,43 +52,75 @@ _TOOLS = {"ip": "iproute2", "iptables-legacy-restore": "iptables", "iptables-nft
 
 
 def default_asgs() -> Path:
-    """``examples/asgs.yml`` of the source tree this package runs from."""
-    return Path(__file__).resolve().parents[3] / "examples" / "asgs.yml"
+    """The example security groups shipped in the package (``local/examples/asgs.yml``)."""
+    return examples.ASGS
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    import socket
+@dataclass
+class ContainerState:
+    """One app container: its namespace, handle, space, address and the CNI plugins that added it."""
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dynamic_asgs.cli", *args]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    ns: str
+    handle: str
+    space: str
+    space_guid: str
+    app_guid: str
+    ip: str | None = None
+    cni: list[str] = field(default_factory=list)
 
 
-def _wait(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    error = ""
-    while time.monotonic() < deadline:
+@dataclass
+class Ports:
+    """The loopback ports of the processes (0: not picked yet)."""
+
+    cc_public: int = 0
+    cc_internal: int = 0
+    cc_control: int = 0
+    syncer_metrics: int = 0
+    policy_server: int = 0
+    policy_health: int = 0
+    policy_metrics: int = 0
+    agent_force: int = 0
+    agent_debug: int = 0
+    agent_metrics: int = 0
+    netmon_metrics: int = 0
+
+
+@dataclass
+class EnvState:
+    """``state.json``: what one environment created, recorded as it is created."""
+
+    id: str
+    pid: int
+    backend: str
+    asgs: str
+    created_dir: bool
+    #: Entries of the state directory this environment created (``down`` removes these, nothing else).
+    entries: list[str] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    processes: dict[str, int] = field(default_factory=dict)
+    containers: dict[str, ContainerState] = field(default_factory=dict)
+    ports: Ports = field(default_factory=Ports)
+    cell: str = ""
+    dest: str = ""
+    ready: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: Any) -> EnvState:
+        """Read a document written by :meth:`to_json`; ValueError when it is not one."""
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
         try:
-            value = check()
-        except (OSError, ValueError, requests.RequestException) as exc:
-            error, value = f" (last error: {exc})", None
-        if value:
-            return value
-        time.sleep(0.1)
-    raise DynamicASGsError(f"timed out after {timeout:.0f} s waiting for {what}{error}")
+            values = {f.name: doc[f.name] for f in fields(cls) if f.name in doc}
+            values["containers"] = {n: ContainerState(**c) for n, c in doc.get("containers", {}).items()}
+            values["ports"] = Ports(**doc.get("ports", {}))
+            return cls(**values)
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(str(exc)) from None
 
 
 class LocalEnv:
@@ -87,7 +128,14 @@ class LocalEnv:
 
     def __init__(self, state_dir: str | Path) -> None:
         self.dir = Path(state_dir).resolve()
-        self.state: dict[str, Any] = {}
+        self._state: EnvState | None = None
+
+    @property
+    def state(self) -> EnvState:
+        """The environment's state (after :meth:`up` or :meth:`load`)."""
+        if self._state is None:
+            raise DynamicASGsError(f"no local environment loaded from {self.dir}")
+        return self._state
 
     # -- state -----------------------------------------------------------------------------
 
@@ -98,7 +146,7 @@ class LocalEnv:
     def load(self) -> LocalEnv:
         """Read the state of an environment that is (or was) up; error when there is none."""
         try:
-            self.state = json.loads(self._state_path.read_text())
+            self._state = EnvState.from_json(json.loads(self._state_path.read_text()))
         except FileNotFoundError:
             raise DynamicASGsError(f"no local environment in {self.dir} (start one with `dynamic-asgs local up`)")\
                 from None
@@ -108,18 +156,38 @@ class LocalEnv:
 
     def _save(self) -> None:
         tmp = self._state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2))
+        tmp.write_text(json.dumps(self.state.to_json(), indent=2))
         os.replace(tmp, self._state_path)
 
     def _path(self, *parts: str) -> Path:
         return self.dir.joinpath(*parts)
 
+    def _entry(self, name: str, *, directory: bool = True) -> Path:
+        """Create entry ``name`` of the state dir (a directory, or a file's place) and record it."""
+        path = self._path(name)
+        if name not in self.state.entries:
+            self.state.entries.append(name)
+            self._save()
+        if directory:
+            path.mkdir(exist_ok=True)
+        return path
+
+    @property
+    def store(self) -> Path:
+        """The cell's container metadata store."""
+        return self._path("container-metadata", "store.json")
+
+    @property
+    def lock_file(self) -> Path:
+        """The cell's iptables lock file."""
+        return self._path("iptables.lock")
+
     def container_ns(self, name: str) -> str:
         """The namespace of container ``name``; error naming the containers there are."""
-        containers = self.state.get("containers", {})
+        containers = self.state.containers
         if name not in containers:
             raise DynamicASGsError(f"no container {name!r} (there are: {', '.join(containers) or 'none'})")
-        return str(containers[name]["ns"])
+        return containers[name].ns
 
     # -- up ----------------------------------------------------------------------------------
 
@@ -133,7 +201,7 @@ class LocalEnv:
                    if (backend in tool or "-" not in tool) and shutil.which(tool) is None]
         missing += [f"{CNI_DIR / p} (Debian package containernetworking-plugins)" for p in ("ptp", "host-local")
                     if not (CNI_DIR / p).exists()]
-        if shutil.which("dynamic-asgs-cni") is None and not Path(sys.executable).with_name("dynamic-asgs-cni").exists():
+        if harness.cni_plugin_path() is None:
             missing.append("dynamic-asgs-cni (install the project: scripts/bootstrap)")
         if missing:
             raise DynamicASGsError("local up needs: " + "; ".join(missing))
@@ -151,212 +219,178 @@ class LocalEnv:
                                    f"down --state-dir {self.dir})")
         created = not self.dir.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
-        if asgs is None:
-            asgs = self._path("asgs.yml")
-            asgs.write_text(source.read_text())
-        env_id = "dasg" + secrets.token_hex(3)
-        self.state = {"id": env_id, "pid": os.getpid(), "created_dir": created, "backend": backend,
-                      "asgs": str(asgs.resolve()), "asgs_copied": asgs == self._path("asgs.yml") and source != asgs,
-                      "namespaces": [], "processes": {}, "containers": {}, "ports": {}, "ready": False}
-        for sub in ("logs", "config", "bin", "ipam", "run"):
-            self._path(sub).mkdir(exist_ok=True)
+        copy = self._path("asgs.yml")
+        self._state = EnvState(id="dasg" + secrets.token_hex(3), pid=os.getpid(), backend=backend,
+                               asgs=str((asgs or copy).resolve()), created_dir=created)
         self._save()
         try:
+            if asgs is None:
+                self._entry("asgs.yml", directory=False).write_text(source.read_text())
             self._start(containers)
         except BaseException:
             self.down()
             raise
-        self.state["ready"] = True
+        self.state.ready = True
         self._save()
 
     def _start(self, containers: int) -> None:
-        env_id = self.state["id"]
-        cell, dest = f"{env_id}-cell", f"{env_id}-dest"
+        s = self.state
+        cell, dest = f"{s.id}-cell", f"{s.id}-dest"
         for ns in (cell, dest):
             topology.add_namespace(ns)
-            self.state["namespaces"].append(ns)
+            s.namespaces.append(ns)
             self._save()
         topology.wire_cell(cell, dest)
         topology.wire_destination(dest)
-        self.state.update(cell=cell, dest=dest)
-        self._spawn("services", [sys.executable, "-m", "dynamic_asgs.local.netprobe", "listen",
-                                 "--tcp", ",".join(str(p) for s in topology.SERVICES for p in s.tcp),
-                                 "--udp", ",".join(str(p) for s in topology.SERVICES for p in s.udp),
-                                 "--addrs", ",".join(s.address for s in topology.SERVICES)], ns=dest)
-        self._control_plane()
-        self._cell(cell)
+        s.cell, s.dest = cell, dest
+        self._spawn("services", harness.Process([], self._log("services"), ns=dest, argv=[
+            sys.executable, "-m", "dynamic_asgs.local.netprobe", "listen",
+            "--tcp", ",".join(str(p) for svc in topology.SERVICES for p in svc.tcp),
+            "--udp", ",".join(str(p) for svc in topology.SERVICES for p in svc.udp),
+            "--addrs", ",".join(svc.address for svc in topology.SERVICES)]))
+        client = self._control_plane()
+        self._cell(client)
         for i in range(1, containers + 1):
             self._add_container(f"c{i}", SPACES[(i - 1) % len(SPACES)])
 
-    def _spawn(self, name: str, argv: list[str], *, ns: str | None = None) -> None:
-        with open(self._path("logs", f"{name}.log"), "ab") as log:
-            proc = subprocess.Popen((["ip", "netns", "exec", ns] if ns else []) + argv, stdout=log,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.state["processes"][name] = proc.pid
+    def _log(self, name: str) -> Path:
+        return self._entry("logs") / f"{name}.log"
+
+    def _config(self, name: str) -> Path:
+        return self._entry("config") / f"{name}.json"
+
+    def _spawn(self, name: str, process: harness.Process) -> harness.Process:
+        self.state.processes[name] = process.pid
         self._save()
+        return process
 
-    def _log_has(self, name: str, suffix: str) -> bool:
-        text = self._path("logs", f"{name}.log").read_text(errors="replace")
-        if not _alive(self.state["processes"][name]):
-            raise DynamicASGsError(f"{name} exited; see {self._path('logs', name + '.log')}:\n{text[-2000:]}")
-        return f'{suffix}"' in text
+    def _recorder(self, name: str) -> harness.Spawn:
+        """Spawn a process and record it under ``name`` at once (before the harness waits for it)."""
+        return lambda args, log: self._spawn(name, harness.Process(args, log))
 
-    def _config(self, name: str, doc: dict[str, Any]) -> str:
-        path = self._path("config", f"{name}.json")
-        path.write_text(json.dumps(doc, indent=2))
-        path.chmod(0o600)
-        return str(path)
-
-    def _control_plane(self) -> None:
-        ports = self.state["ports"]
-        ports_file = self._path("run", "cc-ports.json")
-        self._spawn("cc-stub", _cli("cc-stub", "--asgs", self.state["asgs"], "--pki-dir", str(self._path("pki", "cc")),
-                                    "--port", "0", "--internal-port", "0", "--control-port", "0",
-                                    "--ports-file", str(ports_file)))
-        cc = _wait(lambda: ports_file.exists() and json.loads(ports_file.read_text()), "the CC stand-in's ports")
-        ports.update({f"cc_{k}": v for k, v in cc.items()})
-        cc_pki = self._path("pki", "cc")
-        database = {"type": "sqlite", "database_name": str(self._path("policy.db"))}
-        cc_url, ca = f"https://127.0.0.1:{cc['public']}", str(cc_pki / "cc-ca.crt")
-        self._spawn("syncer", _cli("policy-server-asg-syncer", "--config-file", self._config("syncer", {
-            "database": database, "uaa_client": "network-policy", "uaa_client_secret": "network-policy-secret",
-            "uaa_url": cc_url, "uaa_ca": ca, "cc_url": cc_url, "cc_ca_cert": ca,
-            "cc_internal_url": f"https://127.0.0.1:{cc['internal']}", "cc_internal_ca_cert": ca,
-            "cc_internal_client_cert": str(cc_pki / "cc-client.crt"),
-            "cc_internal_client_key": str(cc_pki / "cc-client.key"),
-            "asg_poll_interval_seconds": 1, "metrics_port": 0, "uuid": "local-syncer"})))
-        _wait(lambda: self._log_has("syncer", ".sync-complete"), "the syncer's first sync")
-        pki = make_pki(self._path("pki", "policy-server"), name="policy-server")
-        ports.update(policy_server=free_port(), policy_health=free_port(), policy_metrics=free_port())
-        self._spawn("policy-server", _cli("policy-server", "--config-file", self._config("policy-server", {
-            "database": database, "listen_host": "127.0.0.1", "internal_listen_port": ports["policy_server"],
-            "health_check_port": ports["policy_health"], "metrics_port": ports["policy_metrics"], "workers": 1,
-            "ca_cert_file": str(pki.server.ca), "server_cert_file": str(pki.server.cert),
-            "server_key_file": str(pki.server.key), "dataset_check_interval_ms": 200})))
-        _wait(lambda: requests.get(f"http://127.0.0.1:{ports['policy_health']}/health", timeout=2).ok,
-              "the policy server's health check")
-        self.state["policy_pki"] = {"ca": str(pki.client.ca), "cert": str(pki.client.cert),
-                                    "key": str(pki.client.key)}
+    def _control_plane(self) -> Issued:
+        """Start the stand-in, the syncer and the policy server; the agent's client certificate."""
+        ports = self.state.ports
+        pki_dir = self._entry("pki")
+        stub = harness.start_cc_stub(Path(self.state.asgs), pki_dir=pki_dir / "cc",
+                                     ports_file=self._entry("run") / "cc-ports.json", log=self._log("cc-stub"),
+                                     spawn=self._recorder("cc-stub"))
+        ports.cc_public, ports.cc_internal, ports.cc_control = (stub.ports["public"], stub.ports["internal"],
+                                                                stub.ports["control"])
+        database = {"type": "sqlite", "database_name": str(self._entry("db") / "policy.db")}
+        ports.syncer_metrics = free_port()
+        syncer = harness.start_syncer(SyncerConfig(database=database, cc=stub.endpoints(), uuid="local-syncer",
+                                                   poll_interval_seconds=1, metrics_port=ports.syncer_metrics),
+                                      config_file=self._config("syncer"), log=self._log("syncer"),
+                                      spawn=self._recorder("syncer"))
+        syncer.wait_synced()
+        pki = make_pki(pki_dir / "policy-server", name="policy-server")
+        ports.policy_server, ports.policy_health, ports.policy_metrics = free_port(), free_port(), free_port()
         self._save()
+        harness.start_policy_server(
+            PolicyServerConfig(database=database, server=pki.server, port=ports.policy_server,
+                               health_port=ports.policy_health, metrics_port=ports.policy_metrics, workers=1,
+                               extra={"dataset_check_interval_ms": 200}),
+            pki, config_file=self._config("policy-server"), log=self._log("policy-server"),
+            spawn=self._recorder("policy-server"))
+        return pki.client
 
-    def _tools(self, cell: str) -> dict[str, str]:
+    def _tools(self) -> dict[str, str]:
         """Wrappers running the backend's iptables tools in the cell namespace (daemons stay in the root ns)."""
-        keys = {}
-        for name in ("iptables", "ip6tables"):
-            for kind in ("restore", "save"):
-                path = self._path("bin", f"{name}-{kind}")
-                path.write_text(f"#!/bin/sh\nexec ip netns exec {cell} {name}-{self.state['backend']}-{kind} \"$@\"\n")
-                path.chmod(0o755)
-                keys[f"{name}_{kind}_command"] = str(path)
-        return keys
+        return harness.iptables_wrappers(self._entry("bin"), self.state.cell, self.state.backend)
 
-    def _cell(self, cell: str) -> None:
-        ports, pki = self.state["ports"], self.state["policy_pki"]
-        ports.update(agent_force=free_port(), agent_debug=free_port(), agent_metrics=free_port(),
-                     netmon_metrics=free_port())
-        self.state["store"] = str(self._path("container-metadata", "store.json"))
-        self._path("container-metadata").mkdir(exist_ok=True)
-        self.state["lock_file"] = str(self._path("iptables.lock"))
-        self._spawn("vxlan-policy-agent", _cli("vxlan-policy-agent", "--config-file", self._config("agent", {
-            "policy_server_url": f"https://127.0.0.1:{ports['policy_server']}", "ca_cert_file": pki["ca"],
-            "client_cert_file": pki["cert"], "client_key_file": pki["key"],
-            "cni_datastore_path": self.state["store"], "iptables_lock_file": self.state["lock_file"],
-            "asg_poll_interval": 5, "force_policy_poll_cycle_port": ports["agent_force"],
-            "debug_server_port": ports["agent_debug"], "metrics_port": ports["agent_metrics"],
-            "underlay_ips": ["192.0.2.1"], **self._tools(cell)})))
-        _wait(lambda: requests.get(f"http://127.0.0.1:{ports['agent_debug']}/log-level", timeout=2).ok,
-              "the agent's debug endpoint")
-        backend = self.state["backend"]
-        self._spawn("netmon", _cli("netmon", "--config-file", self._config("netmon", {
-            "poll_interval": 5, "interface_name": topology.UNDERLAY, "metrics_port": ports["netmon_metrics"],
-            "iptables_lock_file": self.state["lock_file"], "iptables_save_command": f"iptables-{backend}-save",
-            "ip6tables_save_command": f"ip6tables-{backend}-save"})), ns=cell)
+    def _cell(self, client: Issued) -> None:
+        s, ports = self.state, self.state.ports
+        ports.agent_force, ports.agent_debug, ports.agent_metrics = free_port(), free_port(), free_port()
+        ports.netmon_metrics = free_port()
+        self._entry("container-metadata")
+        self._entry("iptables.lock", directory=False)
+        harness.start_agent(
+            AgentConfig(policy_server_url=f"https://127.0.0.1:{ports.policy_server}", client=client,
+                        store=self.store, lock_file=self.lock_file, force_port=ports.agent_force,
+                        debug_port=ports.agent_debug, metrics_port=ports.agent_metrics, underlay_ips=("192.0.2.1",),
+                        poll_interval=5, tools=self._tools()),
+            config_file=self._config("agent"), log=self._log("vxlan-policy-agent"),
+            spawn=self._recorder("vxlan-policy-agent"))
+        self._spawn("netmon", harness.start_netmon(
+            NetmonConfig(interface=topology.UNDERLAY, metrics_port=ports.netmon_metrics, lock_file=self.lock_file,
+                         backend=s.backend), config_file=self._config("netmon"), log=self._log("netmon"), ns=s.cell))
 
     # -- containers --------------------------------------------------------------------------
 
     def _cni_config(self) -> dict[str, Any]:
-        return {
-            "cniVersion": "1.0.0", "name": NETWORK, "type": "dynamic-asgs-cni",
-            "policy_agent_force_poll_address": f"127.0.0.1:{self.state['ports']['agent_force']}",
-            "datastore": self.state["store"], "iptables_lock_file": self.state["lock_file"],
-            "underlay_interface_names": [topology.UNDERLAY], **self._tools(self.state["cell"]),
-        }
+        return CniConfig(network=NETWORK, store=self.store, lock_file=self.lock_file,
+                         agent_address=f"127.0.0.1:{self.state.ports.agent_force}",
+                         underlay_interfaces=(topology.UNDERLAY,), tools=self._tools()).to_json()
 
     def _ptp_config(self) -> dict[str, Any]:
-        return {"cniVersion": "1.0.0", "name": NETWORK, "type": "ptp", "ipMasq": False,
-                "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.255.0.0/24"}]],
-                         "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(self._path("ipam"))}}
+        return PtpConfig(network=NETWORK, subnet="10.255.0.0/24", ipam_dir=self._entry("ipam")).to_json()
 
     def _cni(self, plugin: str, command: str, name: str, config: dict[str, Any]) -> dict[str, Any]:
-        """Invoke a CNI plugin as a runtime does (environment + stdin); the main plugin runs in the cell."""
-        c = self.state["containers"][name]
-        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": c["handle"], "CNI_NETNS": f"/var/run/netns/{c['ns']}",
-               "CNI_IFNAME": "eth0", "CNI_PATH": str(CNI_DIR), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        if plugin == "ptp":
-            argv = ["ip", "netns", "exec", self.state["cell"], str(CNI_DIR / "ptp")]
-        else:
-            argv = [shutil.which("dynamic-asgs-cni") or str(Path(sys.executable).with_name("dynamic-asgs-cni"))]
-        proc = subprocess.run(argv, input=json.dumps(config), env=env, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            try:
-                message = json.loads(proc.stdout)["msg"]
-            except (ValueError, KeyError, TypeError):
-                message = (proc.stdout + proc.stderr).strip()
-            raise DynamicASGsError(f"CNI {command} of {name} ({plugin}): {message}")
-        result: dict[str, Any] = json.loads(proc.stdout) if proc.stdout.strip() else {}
-        return result
+        """Invoke a CNI plugin as a runtime does; the main plugin runs in the cell."""
+        c = self.state.containers[name]
+        netns = f"/var/run/netns/{c.ns}"
+        try:
+            if plugin == "ptp":
+                run = harness.invoke_cni(str(CNI_DIR / "ptp"), command, c.handle, config, netns=netns,
+                                         ns=self.state.cell)
+            else:
+                path = harness.cni_plugin_path()
+                if path is None:
+                    raise DynamicASGsError("dynamic-asgs-cni is not installed")
+                run = harness.invoke_cni(path, command, c.handle, config, netns=netns)
+        except ValueError as exc:
+            raise DynamicASGsError(f"CNI {command} of {name} ({plugin}): unreadable answer: {exc}") from None
+        if run.returncode != 0:
+            raise DynamicASGsError(f"CNI {command} of {name} ({plugin}): {run.error()}")
+        return run.output or {}
 
     def _add_container(self, name: str, space: tuple[str, str]) -> None:
-        ns = f"{self.state['id']}-{name}"
+        s = self.state
+        ns = f"{s.id}-{name}"
         topology.add_namespace(ns)
-        self.state["namespaces"].append(ns)
-        handle = f"{self.state['id']}-{name}"
-        app = f"app-{name}"
-        self.state["containers"][name] = {"ns": ns, "handle": handle, "space": space[0], "space_guid": space[1],
-                                          "app_guid": app, "ip": None, "cni": []}
+        s.namespaces.append(ns)
+        c = ContainerState(ns=ns, handle=f"{s.id}-{name}", space=space[0], space_guid=space[1], app_guid=f"app-{name}")
+        s.containers[name] = c
         self._save()
         result = self._cni("ptp", "ADD", name, self._ptp_config())
-        self.state["containers"][name]["cni"].append("ptp")
+        c.cni.append("ptp")
         self._save()
-        metadata = {"app_id": app, "space_id": space[1], "org_id": "local-org", "policy_group_id": app,
-                    "container_workload": "app"}
-        self._cni("dynamic-asgs-cni", "ADD", name,
-                  {**self._cni_config(), "prevResult": result, "metadata": metadata})
-        self.state["containers"][name]["cni"].append("dynamic-asgs-cni")
-        self.state["containers"][name]["ip"] = result["ips"][0]["address"].split("/")[0]
+        metadata = {"app_id": c.app_guid, "space_id": c.space_guid, "org_id": "local-org",
+                    "policy_group_id": c.app_guid, "container_workload": "app"}
+        self._cni("dynamic-asgs-cni", "ADD", name, {**self._cni_config(), "prevResult": result, "metadata": metadata})
+        c.cni.append("dynamic-asgs-cni")
+        c.ip = result["ips"][0]["address"].split("/")[0]
         self._save()
 
     # -- down --------------------------------------------------------------------------------
 
     def down(self) -> list[str]:
-        """Remove every container, process, namespace and file this environment created.
+        """Remove every container, process, namespace and state-dir entry this environment created.
 
         Returns the problems met (each step is tried regardless of the others)."""
         problems: list[str] = []
-        for name, c in reversed(list(self.state.get("containers", {}).items())):
-            for plugin in reversed(c.get("cni", [])):
-                config = self._ptp_config() if plugin == "ptp" else self._cni_config()
+        s = self.state
+        for name, c in reversed(list(s.containers.items())):
+            for plugin in reversed(c.cni):
                 try:
+                    config = self._ptp_config() if plugin == "ptp" else self._cni_config()
                     self._cni(plugin, "DEL", name, config)
                 except DynamicASGsError as exc:
                     problems.append(str(exc))
-        for name, pid in reversed(list(self.state.get("processes", {}).items())):
-            _stop(pid)
-            if _alive(pid):
+        for name, pid in reversed(list(s.processes.items())):
+            stop_pid(pid)
+            if alive(pid):
                 problems.append(f"{name} (pid {pid}) did not stop")
-        for ns in reversed(self.state.get("namespaces", [])):
+        for ns in reversed(s.namespaces):
             try:
                 topology.delete_namespace(ns)
             except DynamicASGsError as exc:
                 problems.append(str(exc))
-        if self.state.get("created_dir"):
+        if s.created_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
         else:
-            entries = ["logs", "config", "bin", "ipam", "run", "pki", "container-metadata", "iptables.lock",
-                       STATE_FILE, "state.tmp", *(p.name for p in self.dir.glob("policy.db*"))]
-            if self.state.get("asgs_copied"):
-                entries.append("asgs.yml")
-            for entry in entries:
+            for entry in [*s.entries, STATE_FILE, "state.tmp"]:
                 path = self._path(entry)
                 if path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
@@ -366,13 +400,13 @@ class LocalEnv:
 
     def stop(self, timeout: float = 90.0) -> list[str]:
         """``local down``: ask the ``up`` process to tear down, or do it here when it is gone."""
-        up = int(self.state.get("pid", 0))
-        if up and up != os.getpid() and _alive(up):
+        up = self.state.pid
+        if up and up != os.getpid() and alive(up):
             os.kill(up, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and _alive(up):
+            while time.monotonic() < deadline and alive(up):
                 time.sleep(0.1)
-            if not _alive(up):
+            if not alive(up):
                 return [] if not self._state_path.exists() else self.load().down()
             with contextlib.suppress(ProcessLookupError):
                 os.kill(up, signal.SIGKILL)
@@ -382,36 +416,25 @@ class LocalEnv:
 
     def status(self) -> dict[str, Any]:
         """Per container: space, workload, rule count, ruleset, applied at; plus the dataset version."""
-        ports = self.state["ports"]
         try:
             agent = AgentStatus.from_json(
-                requests.get(f"http://127.0.0.1:{ports['agent_debug']}/asg-status", timeout=5).json())
+                requests.get(f"http://127.0.0.1:{self.state.ports.agent_debug}/asg-status", timeout=5).json())
         except (requests.RequestException, ValueError) as exc:
             raise DynamicASGsError(f"the agent's status endpoint does not answer: {exc}") from None
-        rows = {}
-        for name, c in self.state["containers"].items():
-            e = agent.containers.get(c["handle"])
-            rows[name] = {"handle": c["handle"], "ip": c["ip"], "space": c["space"],
-                          "workload": e.workload if e else None, "rule_count": e.rule_count if e else None,
-                          "ruleset": e.ruleset.get("ipv4") if e else None,
-                          "dataset_version": e.dataset_version if e else None,
-                          "applied_at": format_instant(e.applied_at) if e else None}
-        return {"dataset_version": agent.dataset_version,
-                "dataset_changed_at": format_instant(agent.dataset_changed_at),
-                "containers": rows, "processes": {n: _alive(p) for n, p in self.state["processes"].items()}}
+        status = _status_from_agent(agent, self.state.containers)
+        status["processes"] = {n: alive(p) for n, p in self.state.processes.items()}
+        return status
 
 
-def _stop(pid: int, timeout: float = 15.0) -> None:
-    """SIGTERM ``pid``'s process group, then SIGKILL it if it is still there after ``timeout``."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                break
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+def _status_from_agent(agent: AgentStatus, containers: dict[str, ContainerState]) -> dict[str, Any]:
+    """The status rows from the agent's ``/asg-status`` document."""
+    rows = {}
+    for name, c in containers.items():
+        e = agent.containers.get(c.handle)
+        rows[name] = {"handle": c.handle, "ip": c.ip, "space": c.space,
+                      "workload": e.workload if e else None, "rule_count": e.rule_count if e else None,
+                      "ruleset": e.ruleset.get("ipv4") if e else None,
+                      "dataset_version": e.dataset_version if e else None,
+                      "applied_at": format_instant(e.applied_at) if e else None}
+    return {"dataset_version": agent.dataset_version, "dataset_changed_at": format_instant(agent.dataset_changed_at),
+            "containers": rows}

@@ -29,7 +29,7 @@ _CELL_UNDERLAY, _DEST_UNDERLAY = "192.0.2.1", "192.0.2.2"
 
 @dataclass(frozen=True, slots=True)
 class Service:
-    """A listening service in the destination namespace, matching a group of examples/asgs.yml."""
+    """A listening service in the destination namespace, matching a group of local/examples/asgs.yml."""
 
     name: str
     address: str

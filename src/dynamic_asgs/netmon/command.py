@@ -10,15 +10,14 @@ exits 2 with a message naming the key.
 from __future__ import annotations
 
 import argparse
-import signal
 import threading
-from types import FrameType
 
 from dynamic_asgs.config import load_config, load_schema
 from dynamic_asgs.iptables.runner import IptablesRunner
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.metrics import serve_metrics
 from dynamic_asgs.netmon.measure import Measurements, NetmonMetrics, RuleCounter
+from dynamic_asgs.signals import stop_on_signals
 
 __all__ = ["add_arguments", "run"]
 
@@ -34,12 +33,7 @@ def run(args: argparse.Namespace) -> int:
     prefix = conf["log_prefix"]
     log = Logger(f"{prefix}.netmon" if prefix else "netmon", level=conf["log_level"])
     stop = threading.Event()
-
-    def handler(signum: int, _: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    stop_on_signals(stop)
     saves = {4: conf["iptables_save_command"], 6: conf["ip6tables_save_command"]}
     counters: list[RuleCounter] = [
         IptablesRunner(version=v, restore_cmd="", save_cmd=saves[v], lock_file=conf["iptables_lock_file"],

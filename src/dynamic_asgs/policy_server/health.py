@@ -10,20 +10,18 @@ DNS health check call it locally).
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from dynamic_asgs.errors import ConfigError, DynamicASGsError
+from dynamic_asgs.http.server import Background, Handler, ThreadedServer
 from dynamic_asgs.lager import Logger
 
 __all__ = ["HealthServer"]
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Handler):
     server: _Server
-    protocol_version = "HTTP/1.1"
     timeout = 10
 
     def do_GET(self) -> None:
@@ -38,43 +36,23 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"healthy": True, "dataset_version": version})
 
     def _send(self, status: int, doc: dict[str, Any]) -> None:
-        body = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        self.server.log.debug("request", {"line": format % args})
+        self.reply(status, json.dumps(doc).encode())
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(ThreadedServer):
+    log: Logger
 
     def __init__(self, port: int, check: Callable[[], int], log: Logger) -> None:
         self.check = check
-        self.log = log
-        super().__init__(("127.0.0.1", port), _Handler)
+        super().__init__(("127.0.0.1", port), _Handler, log=log)
 
 
-class HealthServer:
+class HealthServer(Background):
     """Serves the health endpoint in a background thread."""
 
     def __init__(self, port: int, check: Callable[[], int], log: Logger) -> None:
         try:
-            self._server = _Server(port, check, log)
+            server = _Server(port, check, log)
         except OSError as exc:
             raise ConfigError(f"health_check_port {port}: cannot listen: {exc.strerror or exc}") from exc
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(server, name="health")

@@ -13,11 +13,9 @@ for CC and UAA honours the listing deadline down to the socket
 from __future__ import annotations
 
 import argparse
-import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import FrameType
 
 from dynamic_asgs.cc.client import CloudController, Limits
 from dynamic_asgs.cc.uaa import TokenSource
@@ -28,6 +26,7 @@ from dynamic_asgs.metrics import serve_metrics
 from dynamic_asgs.policydb.db import create_engine
 from dynamic_asgs.policydb.migrate import upgrade
 from dynamic_asgs.policydb.store import PolicyStore
+from dynamic_asgs.signals import stop_on_signals
 from dynamic_asgs.syncer.daemon import LeaseKeeper, SyncLoop
 from dynamic_asgs.syncer.lease import Lease
 from dynamic_asgs.syncer.metrics import SyncerMetrics
@@ -110,14 +109,7 @@ def build(config_file: str) -> Parts:
 def run(args: argparse.Namespace) -> int:
     """Run the syncer until SIGTERM/SIGINT; 0 then, 2 on invalid configuration."""
     parts = build(args.config_file)
-    stop, wake = parts.stop, parts.wake
-
-    def _signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()  # no logging here: the logger's lock may be held by the interrupted thread
-        wake.set()
-
-    signal.signal(signal.SIGTERM, _signal)
-    signal.signal(signal.SIGINT, _signal)
+    stop_on_signals(parts.stop, parts.wake)
     parts.logger.info("started", {"holder": parts.keeper.lease.holder, "poll_interval_seconds": parts.loop.interval,
                                   "retry_deadline_seconds": parts.loop.retry_deadline})
     parts.keeper.start()

@@ -1,7 +1,7 @@
 """Our agent enforcing ASGs beside silk, as in cf-deployment (issue 12), legacy and nft.
 
-The cell runs the stand-in of silk's cni-wrapper-plugin (support.silk_cni) with silk's agent
-at ``enable_asg_syncing: false`` (support.silk_agent: it answers 405, so the plugin inserts
+The cell runs the stand-in of silk's cni-wrapper-plugin (silk.cni) with silk's agent
+at ``enable_asg_syncing: false`` (silk.agent: it answers 405, so the plugin inserts
 Garden's static rules itself, after writing the store entry and the bare ``netout--<h>``),
 and our real agent daemon reading silk's store, behind the real control plane. Garden's
 static rules here grant a destination (D_STATIC) that no ASG grants: a container that can
@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from silk.agent import SilkAgent
+from silk.cni import SilkCni
+from silk.netrules import SilkCniConfig
 
 from dynamic_asgs.asg import chains
 from support.cell import Cell, cell
 from support.daemons import wait_for
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.faults import record
-from support.silk_agent import SilkAgent
-from support.silk_cni import SilkCni
-from support.silk_netrules import SilkCniConfig
 from support.stack import Agent, ControlPlane, asg, control_plane, start_agent
 
 D_ASG, D_OTHER, D_STATIC = "198.18.7.1", "198.18.7.2", "198.18.7.3"
@@ -91,7 +91,7 @@ class Foundation:
         return [line for line in self.cell.save(4).splitlines() if any(n in line.split() for n in names)]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=IPTABLES_BACKENDS)
 def foundation(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Foundation]:
     require_backend(request.param)
     with cell(request.param, tmp_path) as c, control_plane(tmp_path, _groups()) as plane, SilkAgent() as silk:

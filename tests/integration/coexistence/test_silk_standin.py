@@ -1,7 +1,7 @@
 """The stand-ins for silk's cni-wrapper-plugin and vxlan-policy-agent do what silk does.
 
 Expected tables are written out here from silk-release's source (netrules/*.go, lib/rules),
-independently of support.silk_netrules, in the form ``iptables -S`` prints them; each
+independently of silk.netrules, in the form ``iptables -S`` prints them; each
 runs on legacy and nft in a cell namespace. Real traffic checks that Garden's static
 rules allow and refuse what they say. The store is compared byte for byte with what Go's
 encoding/json writes, and read back by our agent's reader.
@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from silk.agent import DISABLED, SilkAgent
+from silk.cni import ADD_STEPS, DEL_STEPS, Call, CniFailure, SilkCni
+from silk.netrules import DenyNetworks, OutConn, SilkCniConfig, parse_net_out_rules
+from silk.store import SilkStore, StoreFailure, go_json
 
 from dynamic_asgs.asg import chains
 from dynamic_asgs.metadata_store import MetadataStore
 from support.cell import Cell, cell
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.netns import ns_run
-from support.silk_agent import DISABLED, SilkAgent
-from support.silk_cni import ADD_STEPS, DEL_STEPS, Call, CniFailure, SilkCni
-from support.silk_netrules import DenyNetworks, OutConn, SilkCniConfig, parse_net_out_rules
-from support.silk_store import SilkStore, StoreFailure, go_json
 
 H = "3d3b6b4c-7e5a-4c3e-9c62-0a1b2c3d4e5f"
 NETOUT, INPUT, OVERLAY = "netout--3d3b6b4c-7e5a-4c3e-9", "input--3d3b6b4c-7e5a-4c3e-9c", "overlay--3d3b6b4c-7e5a-4c3e-"
@@ -75,7 +75,7 @@ class Silk:
         return {line.split()[1] for line in out.splitlines() if line.startswith("-N ")}
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=IPTABLES_BACKENDS)
 def silk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Silk]:
     require_backend(request.param)
     with cell(request.param, tmp_path) as c, SilkAgent() as agent:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from dynamic_asgs.policydb.db import DatabaseSettings
-from support.daemons import BACKENDS, database
+from support.daemons import DB_ENGINES, database
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=DB_ENGINES)
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseSettings]:
     with database(request.param, tmp_path) as settings:
         yield settings

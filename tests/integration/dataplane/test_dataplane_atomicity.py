@@ -12,7 +12,6 @@ import random
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,34 +19,15 @@ from dynamic_asgs.asg import chains
 from dynamic_asgs.asg.translate import ContainerChains, GroupIndex
 from dynamic_asgs.iptables.render import content_hash
 from support.cell import Cell, cell
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.netns import ns_run
-from support.plans import chains_in_save, container, dataplane, digest_of, groups_for, plan
+from support.plans import chains_in_save, container, dataplane, digest_of, groups_for, plan, random_rules
 
 HANDLES = [f"c{i:02d}" for i in range(12)]
 CHANGES = 200
 
 
-def _rules(seed: int) -> list[dict[str, Any]]:
-    rnd = random.Random(seed)
-    out: list[dict[str, Any]] = []
-    for _ in range(rnd.randint(1, 40)):
-        kind = rnd.choice(["tcp", "udp", "icmp", "all", "v6"])
-        dst = f"10.{rnd.randint(0, 255)}.{rnd.randint(0, 255)}.0/{rnd.choice([24, 28, 32])}"
-        if kind in ("tcp", "udp"):
-            a = rnd.randint(1, 60000)
-            ports = rnd.choice([f"{a}", f"{a}-{a + 9}", f"{a},{a + 5}"])
-            out.append({"protocol": kind, "destination": dst, "ports": ports})
-        elif kind == "icmp":
-            out.append({"protocol": "icmp", "destination": dst, "type": rnd.choice([-1, 0, 8]), "code": -1})
-        elif kind == "all":
-            out.append({"protocol": "all", "destination": dst, "log": rnd.random() < 0.3})
-        else:
-            out.append({"protocol": "tcp", "destination": f"fd00:{rnd.randint(1, 9999):x}::/64", "ports": "443"})
-    return out
-
-
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=IPTABLES_BACKENDS)
 def table(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cell]:
     require_backend(request.param)
     with cell(request.param, tmp_path) as c:
@@ -79,7 +59,7 @@ def _check(text: str, version: int, expected: dict[str, int], problems: list[str
 
 
 def test_readers_never_see_a_partial_ruleset(table: Cell) -> None:
-    rulesets = {f"s{i}": _rules(i) for i in range(30)}
+    rulesets = {f"s{i}": random_rules(i) for i in range(30)}
     index = GroupIndex(groups_for(rulesets))
     plans = {h: {s: plan(container(h, s, index=i + 1), index) for s in rulesets} for i, h in enumerate(HANDLES)}
     expected: dict[int, dict[str, int]] = {4: {}, 6: {}}

@@ -20,7 +20,7 @@ from dynamic_asgs.asg import chains
 from dynamic_asgs.asg.translate import Chain, ChainSettings, ContainerChains, GroupIndex
 from dynamic_asgs.filelock import locked
 from support.cell import Cell, cell
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.plans import container, dataplane, groups_for, log_events, plan
 
 D1, D2 = "198.18.1.1", "198.18.1.2"
@@ -33,7 +33,7 @@ INDEX = GroupIndex(groups_for(SPACES))
 TESTS = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=IPTABLES_BACKENDS)
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cell]:
     require_backend(request.param)
     with cell(request.param, tmp_path) as c:
@@ -154,7 +154,7 @@ def test_a_restarted_agent_over_a_correct_table_writes_nothing(env: Cell, tmp_pa
     wrapper.chmod(0o755)
     spec = {"backend": env.backend, "ns": env.ns, "lock_file": str(env.lock_file), "prefix": [str(wrapper)],
             "spaces": SPACES, "containers": containers}
-    out = subprocess.run([sys.executable, str(TESTS / "support" / "agent_process.py")], input=json.dumps(spec),
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("agent_process.py"))], input=json.dumps(spec),
                          text=True, capture_output=True, check=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(TESTS)})
     report = json.loads(out.stdout)

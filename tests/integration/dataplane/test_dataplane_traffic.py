@@ -17,7 +17,7 @@ import pytest
 from dynamic_asgs.asg import chains
 from dynamic_asgs.asg.translate import ChainSettings, DenyNetworks
 from support.cell import Cell, cell
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.plans import container, dataplane, groups_for, plan
 
 D = "198.18.1."
@@ -45,7 +45,7 @@ DENY = ChainSettings(deny_networks=DenyNetworks(running=(ipaddress.ip_network("1
 LOGGING = ChainSettings(asg_logging=True)
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=IPTABLES_BACKENDS)
 def traffic(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cell]:
     require_backend(request.param)
     with cell(request.param, Path(tmp_path_factory.mktemp("cell"))) as c:

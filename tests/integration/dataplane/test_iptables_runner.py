@@ -13,11 +13,11 @@ import pytest
 from dynamic_asgs.errors import IptablesError, LockTimeout, RestoreError
 from dynamic_asgs.filelock import locked
 from dynamic_asgs.iptables.runner import IptablesRunner, commands_for
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.netns import netns
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=IPTABLES_BACKENDS)
 def ns(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     require_backend(request.param)
     with netns("run") as name:

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
+from dynamic_asgs.local import examples
 from support.daemons import wait_for
 from support.env import require, require_root_netns, require_tools
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "asgs.yml"
+EXAMPLES = examples.ASGS
 MARKETING = "8c5f0c7e-0000-4000-8000-00000000000c"
 
 

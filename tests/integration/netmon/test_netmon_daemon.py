@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from support.daemons import wait_for
-from support.env import BACKENDS, require_backend
+from support.env import IPTABLES_BACKENDS, require_backend
 from support.netmon import start_netmon
 from support.netns import iptables, netns, ns_run, restore
 
@@ -37,7 +37,7 @@ def listing_lines(ns: str, backend: str, version: int, table: str) -> int:
     return len(iptables(ns, backend, version, "-t", table, "-S").splitlines())
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=IPTABLES_BACKENDS)
 def cell_ns(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     backend: str = request.param
     require_backend(backend)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from dynamic_asgs.asg.parse import parse_container
 from dynamic_asgs.errors import ValidationError
+from dynamic_asgs.local import examples
 
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMA = json.loads((ROOT / "docs" / "container-store.schema.json").read_text())
@@ -90,7 +91,7 @@ def test_the_schema_accepts_exactly_the_entries_the_agent_accepts(pair: tuple[st
 
 
 def test_the_example_entry_and_an_empty_store_are_valid() -> None:
-    example = json.loads((ROOT / "examples" / "container.json").read_text())
+    example = json.loads(examples.CONTAINER.read_text())
     VALIDATOR.validate({example["handle"]: example})
     VALIDATOR.validate({})
     assert accepted_by_agent(example["handle"], example)

@@ -10,13 +10,7 @@ import pytest
 from dynamic_asgs.errors import IptablesError, RestoreError
 from dynamic_asgs.iptables import runner as runner_module
 from dynamic_asgs.iptables.runner import IptablesRunner, commands_for, error_context
-
-
-def tool(tmp_path: Path, name: str, body: str) -> str:
-    path = tmp_path / name
-    path.write_text("#!/bin/sh\n" + body)
-    path.chmod(0o755)
-    return str(path)
+from support.commands import shim as tool
 
 
 def test_commands_per_backend() -> None:

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from dynamic_asgs.errors import UpstreamError
+from dynamic_asgs.local import examples
 from dynamic_asgs.local.cc_stub.catalog import load_catalog
 from dynamic_asgs.syncer.main import build_cc
 from dynamic_asgs.syncer.metrics import SyncerMetrics
 from dynamic_asgs.syncer.settings import load_settings
 from support.daemons import InProcessStub, inprocess_stub
 
-EXAMPLE = Path(__file__).parents[3] / "examples" / "asgs.yml"
+EXAMPLE = examples.ASGS
 
 
 def settings_for(stub: InProcessStub, tmp_path: Path, *, skip: bool) -> Path:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from dynamic_asgs.local import examples
 from support.translate import internal_group, store_entry, translate
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+EXAMPLES = examples.DIRECTORY
 GROUPS = {"security_groups": [internal_group("g", [{"protocol": "tcp", "destination": "10.0.0.1", "ports": "80"},
                                                   {"protocol": "tcp", "destination": "10.0.0.x", "ports": "80"}],
                                              running_default=True)]}

@@ -2,7 +2,7 @@
 
 Accepted file forms (YAML or JSON):
 
-* the human-friendly form (``examples/asgs.yml``)::
+* the human-friendly form (``local/examples/asgs.yml``)::
 
       security_groups:
         - name: public-dns                      # guid optional: derived from the name

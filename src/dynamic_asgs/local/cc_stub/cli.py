@@ -2,7 +2,7 @@
 
 Example (certificates generated into a directory)::
 
-    dynamic-asgs cc-stub --asgs examples/asgs.yml --pki-dir /tmp/cc-pki \\
+    dynamic-asgs cc-stub --asgs src/dynamic_asgs/local/examples/asgs.yml --pki-dir /tmp/cc-pki \\
         --port 9022 --internal-port 9023 --control-port 9024
 
 ``--ports-file`` receives ``{"public": P, "internal": I, "control": C}`` once the servers
@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import threading
 from pathlib import Path
-from types import FrameType
 
 from dynamic_asgs.errors import ConfigError
 from dynamic_asgs.lager import Logger
@@ -27,6 +25,7 @@ from dynamic_asgs.local.cc_stub.catalog import Catalog, load_catalog
 from dynamic_asgs.local.cc_stub.server import FileWatcher, StubServer
 from dynamic_asgs.local.cc_stub.state import StubState
 from dynamic_asgs.local.pki import make_pki
+from dynamic_asgs.signals import stop_on_signals
 from dynamic_asgs.tls import server_context
 
 __all__ = ["run"]
@@ -71,12 +70,7 @@ def run(args: argparse.Namespace) -> int:
     state.catalog = load_catalog(args.asgs, base_url=server.base_url)
     watcher = FileWatcher(Path(args.asgs), state, base_url=server.base_url, log=log.session("watcher"))
     stop = threading.Event()
-
-    def _signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _signal)
-    signal.signal(signal.SIGINT, _signal)
+    stop_on_signals(stop)
     server.start()
     watcher.start()
     if args.ports_file:

@@ -14,7 +14,8 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The subcommand's flags."""
-    parser.add_argument("--asgs", required=True, help="security groups file (YAML or JSON; see examples/asgs.yml)")
+    parser.add_argument("--asgs", required=True,
+                        help="security groups file (YAML or JSON; see local/examples/asgs.yml)")
     parser.add_argument("--host", default="127.0.0.1", help="address of the public and internal ports")
     parser.add_argument("--port", type=int, default=9022, help="public TLS port: UAA token + CC v3 API")
     parser.add_argument("--internal-port", type=int, default=9023, help="CC internal API port (mutual TLS)")

@@ -29,12 +29,12 @@ import threading
 import time
 from base64 import b64decode
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from dynamic_asgs.errors import InputError
+from dynamic_asgs.http.server import Background, Handler, ThreadedServer
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.local.cc_stub.catalog import load_catalog
 from dynamic_asgs.local.cc_stub.state import StubState, cc_error
@@ -44,36 +44,18 @@ __all__ = ["FileWatcher", "StubServer"]
 Reply = tuple[int, bytes]
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(ThreadedServer):
     request_queue_size = 256
+    log: Logger
 
     def __init__(self, address: tuple[str, int], context: ssl.SSLContext | None,
                  route: Callable[[_Handler], Reply], log: Logger) -> None:
-        self.context = context
         self.route = route
-        self.log = log
-        super().__init__(address, _Handler)
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        if self.context is None:
-            super().finish_request(request, client_address)
-            return
-        try:
-            request.settimeout(10)
-            tls = self.context.wrap_socket(request, server_side=True)
-        except (OSError, ssl.SSLError) as exc:
-            self.log.debug("tls-handshake-refused", {"client": client_address[0], "error": str(exc)})
-            return
-        try:
-            _Handler(tls, client_address, self)
-        finally:
-            tls.close()
+        super().__init__(address, _Handler, context=context, log=log)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Handler):
     server: _Server
-    protocol_version = "HTTP/1.1"
     timeout = 30
 
     def _dispatch(self) -> None:
@@ -83,20 +65,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
             return
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.reply(status, body)
 
     do_GET = do_POST = do_PUT = _dispatch
 
     def body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(min(length, 1 << 20)) if length else b""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        self.server.log.debug("request", {"line": format % args})
 
 
 class _Reset(Exception):
@@ -120,27 +95,25 @@ class StubServer:
             _Server(("127.0.0.1", control_port), None, self._control, log.session("control")),
         ]
         self.host = host
-        self._threads: list[threading.Thread] = []
+        self._background = [Background(s, name=f"cc-stub-{n}", poll_interval=0.2)
+                            for n, s in zip(("public", "internal", "control"), self._servers, strict=True)]
 
     @property
     def ports(self) -> dict[str, int]:
         names = ("public", "internal", "control")
-        return {n: int(s.server_address[1]) for n, s in zip(names, self._servers, strict=True)}
+        return {n: b.port for n, b in zip(names, self._background, strict=True)}
 
     @property
     def base_url(self) -> str:
         return f"https://{self.host}:{self.ports['public']}"
 
     def start(self) -> None:
-        for server in self._servers:
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        for background in self._background:
+            background.start()
 
     def stop(self) -> None:
-        for server in self._servers:
-            server.shutdown()
-            server.server_close()
+        for background in self._background:
+            background.stop()
 
     def _faulty(self, handler: _Handler, path: str, serve: Callable[[], Reply]) -> Reply:
         self.state.count(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fakecell import FakeCell
 
 from dynamic_asgs.agent.dataplane import Dataplane
 from dynamic_asgs.asg.translate import ChainSettings, ContainerChains, GroupIndex
@@ -12,7 +13,6 @@ from dynamic_asgs.iptables.fake import Fault
 from dynamic_asgs.iptables.runner import RestoreStats
 from dynamic_asgs.iptables.saved import SavedTable
 from dynamic_asgs.lager import Logger
-from support.fakecell import FakeCell
 from support.plans import container, dataplane, groups_for, log_events, plan
 
 SPACES: dict[str, list[dict[str, Any]]] = {

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fakecell import FakeCell
 
 from dynamic_asgs.agent.dataplane import Dataplane
 from dynamic_asgs.agent.dataplane.settle import SettleSettings
 from dynamic_asgs.asg import chains
 from dynamic_asgs.asg.translate import ChainSettings, ConnLimit, ContainerChains, GroupIndex
 from dynamic_asgs.lager import Logger
-from support.fakecell import FakeCell
 from support.plans import container, dataplane, groups_for, log_events, plan
 
 INDEX = GroupIndex(groups_for({"one": [{"protocol": "tcp", "destination": "10.0.0.1", "ports": "80"}],

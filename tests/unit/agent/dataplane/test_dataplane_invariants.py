@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fakecell import FakeCell
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,7 +12,6 @@ from dynamic_asgs.agent.dataplane import Dataplane
 from dynamic_asgs.asg import chains
 from dynamic_asgs.asg.translate import ChainSettings, ContainerChains, GroupIndex
 from dynamic_asgs.iptables.fake import Fault
-from support.fakecell import FakeCell
 from support.plans import container, dataplane, groups_for, plan
 
 SPACES = {

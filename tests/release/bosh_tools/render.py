@@ -16,7 +16,7 @@ Mechanisms:
 - The instance spec is the director's: `spec.name` and `spec.job.name` are the instance group's
   (the director's v1 naming), so a template that takes its own job's name from them is caught.
 - The template side is bosh-template's evaluation context, re-implemented in
-  tests/support/render_template.rb and run with Debian's ruby (JSON in, JSON out).
+  tests/release/bosh_tools/render_template.rb and run with Debian's ruby (JSON in, JSON out).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Goals: the packages' `packaging` scripts are exercised exactly as the BOSH agent runs them, so a
 package that compiles here compiles on a compilation VM with the same stemcell packages; the
-compiled packages can then back jobs laid out by support.vcap_root.
+compiled packages can then back jobs laid out by bosh_tools.vcap_root.
 
 Mechanisms (the agent's compile step):
 - The package's source is assembled in a fresh BOSH_COMPILE_TARGET: every file its spec's

@@ -1,13 +1,13 @@
 """A temporary directory laid out like a BOSH VM's /var/vcap, for running rendered jobs in tests.
 
-Goals: jobs rendered by support.bosh_render run as they would on a VM (monit starts bin/ctl,
+Goals: jobs rendered by bosh_tools.render run as they would on a VM (monit starts bin/ctl,
 pidfiles under sys/run/<job>/, logs under sys/log/<job>/, data under data/<job>/, packages under
 packages/<name>), without touching the machine's /var/vcap; every process they leave is found.
 
 Mechanisms: rendered files are written under jobs/<job>/ with every `/var/vcap/` replaced by the
 root's own path (the only change made to them), bin/* executable, other files 0644 (a ctl script
 narrows key files itself, as on a VM); a job's monit file goes to monit/job/<job>.monitrc, which
-support.monit's control file includes, like the agent's /var/vcap/monit/job/. Packages are
+bosh_tools.monit's control file includes, like the agent's /var/vcap/monit/job/. Packages are
 symlinks, like /var/vcap/packages/<name> -> /var/vcap/data/packages/<name>/<version>. Processes
 are found by scanning /proc for command lines or working directories inside the root, which is
 unique per test; `kill_leftovers` ends only those.

@@ -20,12 +20,13 @@ requests are small and bounded (the body is never read, sockets time out).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
+
+from dynamic_asgs.http.server import Background, ThreadedServer
 
 __all__ = ["DISABLED", "AgentCall", "SilkAgent"]
 
@@ -47,28 +48,24 @@ class SilkAgent:
         self.enable_asg_syncing = enable_asg_syncing
         self.poll_cycle = poll_cycle
         self.calls: list[AgentCall] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="silk-agent", daemon=True)
+        self._server = Background(ThreadedServer(("127.0.0.1", 0), _handler_for(self)), name="silk-agent")
 
     @property
     def address(self) -> str:
         """``host:port``, as silk-cni's ``policy_agent_force_poll_address``."""
-        return f"127.0.0.1:{self._server.server_address[1]}"
+        return f"127.0.0.1:{self._server.port}"
 
     def paths(self) -> list[str]:
         """The paths called so far, in order."""
         return [call.path for call in self.calls]
 
     def __enter__(self) -> SilkAgent:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        self._server.stop()
 
     def answer(self, path: str, container: str | None) -> tuple[int, str]:
         """Status and body for a request (silk's handlers' logic)."""

@@ -1,7 +1,7 @@
 """What cni-wrapper-plugin puts in iptables, token for token: its config and silk's netrules.
 
 Transcribed from silk-release (cni-wrapper-plugin/lib/lib.go, netrules/*.go, lib/rules/rules.go)
-for the stand-in in :mod:`support.silk_cni`; nothing here runs iptables.
+for the stand-in in :mod:`silk.cni`; nothing here runs iptables.
 
 * :class:`SilkCniConfig` holds the conflist keys the plugin reads (lib.WrapperConfig), with
   the values silk-cni's job template renders by default; :meth:`SilkCniConfig.with_iptables_logging`

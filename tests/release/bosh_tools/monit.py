@@ -9,7 +9,7 @@ Mechanisms:
   with its own log, pid, id and state files, polling every second, and an HTTP interface on
   127.0.0.1 and a free port with a random user and password (the CLI reads them from the
   control file), so `monit -c <file> <command>` talks only to this instance.
-- It includes <root>/monit/job/*.monitrc, where support.vcap_root puts the jobs' monit files.
+- It includes <root>/monit/job/*.monitrc, where bosh_tools.vcap_root puts the jobs' monit files.
 - The daemon runs in the foreground (-I) as our child, so it is ended by its own pid. `start
   all` and `stop all` return at once: `wait_for` polls `monit summary` until every process
   service is in the wanted state.
@@ -22,14 +22,14 @@ import contextlib
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from support.vcap_root import VcapRoot
+from bosh_tools.vcap_root import VcapRoot
+from dynamic_asgs.local.harness import free_port
 
 __all__ = ["Monit", "MonitError", "private_monit", "syntax_error"]
 
@@ -39,12 +39,6 @@ STOPPED = "Not monitored"
 
 class MonitError(Exception):
     """monit refused a command or did not reach a state in time."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _monit_binary() -> str:
@@ -75,7 +69,7 @@ def syntax_error(monit_text: str) -> str | None:
     with tempfile.TemporaryDirectory(prefix="dasg-monit-t-") as tmp:
         state = Path(tmp)
         (state / "job.monitrc").write_text(monit_text)
-        control = _control_file(state, str(state / "job.monitrc"), _free_port(), "u:p")
+        control = _control_file(state, str(state / "job.monitrc"), free_port(), "u:p")
         result = subprocess.run([_monit_binary(), "-t", "-c", str(control)], capture_output=True, text=True,
                                 check=False, timeout=30)
     return None if result.returncode == 0 else (result.stdout + result.stderr).strip()
@@ -87,7 +81,7 @@ class Monit:
     def __init__(self, root: VcapRoot, state: Path) -> None:
         self.root = root
         self.state = state
-        self.port = _free_port()
+        self.port = free_port()
         credentials = f"u{secrets.token_hex(4)}:{secrets.token_hex(12)}"
         self.control = _control_file(state, f"{root.path}/monit/job/*.monitrc", self.port, credentials)
         self._daemon: subprocess.Popen[bytes] | None = None

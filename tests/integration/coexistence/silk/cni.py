@@ -2,14 +2,14 @@
 
 In cf-deployment cni-wrapper-plugin stays the CNI beside our agent: it writes the container
 metadata store and the ``netout--<h>`` chains, and with silk's agent at
-``enable_asg_syncing: false`` (support.silk_agent: 405) it inserts Garden's static rules itself.
+``enable_asg_syncing: false`` (silk.agent: 405) it inserts Garden's static rules itself.
 :class:`SilkCni` does what the plugin does, in its order, with the cell's real iptables tools
 (``iptables-<backend>``) inside the cell namespace; IPv4 only, as silk.
 
 ADD (cmdAdd), steps reported by name to ``on_step`` after each one, ``step_delay`` seconds apart:
 
 ``delegate``     the container's namespace and veth (silk-cni's job; here :meth:`Cell.add_container`)
-``store``        ``store.Add`` (support.silk_store: silk's format and lock protocol)
+``store``        ``store.Add`` (silk.store: silk's format and lock protocol)
 ``force-poll``   ``GET /force-policy-poll-cycle`` on the silk agent; anything but 200 fails the ADD
 ``chains``       NetOut.Initialize: for input, netout, overlay, ``--log`` [, ``--rl-log``] in turn
                  ``-N`` then one restore appending the parent's jumps (INPUT, FORWARD per underlay
@@ -47,9 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support.cell import Cell
-from support.netns import ns_run
-from support.silk_netrules import (
+from silk.netrules import (
     DenyNetworks,
     FullChain,
     PortMapping,
@@ -67,7 +65,9 @@ from support.silk_netrules import (
     prefix,
     static_rules,
 )
-from support.silk_store import SilkStore, StoreFailure, go_locked
+from silk.store import SilkStore, StoreFailure, go_locked
+from support.cell import Cell
+from support.netns import ns_run
 
 __all__ = ["ADD_STEPS", "DEL_STEPS", "AddResult", "Call", "CniFailure", "DelResult", "SilkCni"]
 
