@@ -22,7 +22,6 @@ Goals and the mechanism serving each:
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Protocol
 
+from dynamic_asgs.agent.worker import Worker
 from dynamic_asgs.asg import chains
 from dynamic_asgs.asg.model import Container
 from dynamic_asgs.errors import DynamicASGsError
@@ -175,7 +175,7 @@ class DeniedEgress:
     rose_at: float | None
 
 
-class DenialWatcher:
+class DenialWatcher(Worker):
     """Reads the counters every ``interval`` in its own thread; tells each app once per change that hurt it.
 
     Shares nothing mutable with the converger: rule changes arrive through a queue
@@ -192,8 +192,7 @@ class DenialWatcher:
         self._events: queue.SimpleQueue[tuple[tuple[str, ...], float, int | None]] = queue.SimpleQueue()
         self._counts: Mapping[str, DeniedEgress] = MappingProxyType({})
         self._error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="denied-egress", daemon=True)
+        super().__init__("denied-egress")
 
     def rules_replaced(self, handles: Collection[str], at: float, version: int | None) -> None:
         """The rules of ``handles`` were replaced at ``at`` (called by the converger; never blocks)."""
@@ -249,15 +248,6 @@ class DenialWatcher:
             if self._app_log is not None and (container.app_guid, event.changed_at) not in told:
                 told.add((container.app_guid, event.changed_at))
                 self._app_log.emit(container, ROSE_MESSAGE.format(at=at, version=event.version))
-
-    def start(self) -> DenialWatcher:
-        """Read now and then every interval, in a daemon thread."""
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:

@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Protocol
 
 from dynamic_asgs.agent.status import AgentStatus
+from dynamic_asgs.agent.worker import Worker
 from dynamic_asgs.errors import DynamicASGsError
 from dynamic_asgs.fleet.report import AppEnforcement, CellReport, ContainerCounts
 from dynamic_asgs.lager import Logger
@@ -78,7 +79,7 @@ def cell_report(status: AgentStatus, *, cell_id: str, cell_name: str, interval: 
     )
 
 
-class FleetReporter:
+class FleetReporter(Worker):
     """Sends the cell's report after each change of its status and at least every ``interval``."""
 
     def __init__(self, *, sink: ReportSink, status: Callable[[], AgentStatus], cell_id: str, cell_name: str,
@@ -87,11 +88,10 @@ class FleetReporter:
         self._cell_id, self._cell_name, self._interval, self._min_gap = cell_id, cell_name, interval, min_gap
         self._log = logger.session("fleet-report")
         self._wake = threading.Event()
-        self._stop = threading.Event()
         self._last: CellReport | None = None
         self._sent_at = -float("inf")
         self._error: str | None = None
-        self._thread = threading.Thread(target=self._run, name="fleet-reporter", daemon=True)
+        super().__init__("fleet-reporter")
 
     def wake(self) -> None:
         """The status changed: report it soon (never blocks)."""
@@ -118,15 +118,11 @@ class FleetReporter:
         self._metrics.observe_report(sent=True)
         return True
 
-    def start(self) -> FleetReporter:
-        """Report now, then on every wake and interval, in a daemon thread."""
-        self._thread.start()
-        return self
-
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop reporting (a wait for the next wake ends at once)."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout)
+        super().stop(timeout)
 
     def _run(self) -> None:
         failures = 0

@@ -11,18 +11,18 @@ asked at most once per ``wait`` seconds; errors back off exponentially.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
 from dynamic_asgs.agent.converger import Converger, PolicySource
+from dynamic_asgs.agent.worker import Worker
 from dynamic_asgs.errors import UpstreamError
 from dynamic_asgs.lager import Logger
 
 __all__ = ["PolicyWatcher"]
 
 
-class PolicyWatcher:
+class PolicyWatcher(Worker):
     """A background thread holding blocking queries; calls ``on_change`` when the answer changes."""
 
     def __init__(
@@ -32,17 +32,8 @@ class PolicyWatcher:
         self._policy, self._converger, self._wait = policy, converger, wait
         self._on_change, self._max_backoff = on_change, max_backoff
         self._log = logger.session("policy-watcher")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="policy-watcher", daemon=True)
+        super().__init__("policy-watcher")
         self.changes = 0
-
-    def start(self) -> PolicyWatcher:
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
 
     def _run(self) -> None:
         backoff = 1.0
