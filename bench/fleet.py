@@ -17,7 +17,9 @@ per report, before the answer). For each it prints the reports accepted per seco
 server's CPU (user+sys of all its processes per second of wall time), the report write
 transactions and rows per second (the server's own counters), PostgreSQL's commits and
 tuples written per second for the database (``pg_stat_database``: these include the
-servers' read transactions, e.g. each worker's dataset check), and the report latency.
+servers' read transactions, e.g. each worker's dataset check, and the TOAST chunks of a
+report's apps), and the report latency, all over the load's window (from the moment the
+generator has built its reports and connected, to 1.5 s after its last report).
 Then, at ``--cells`` cells, the time to answer ``GET /fleet`` and ``GET /fleet?app=``.
 """
 
@@ -37,6 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +110,7 @@ async def load(spec: dict[str, Any]) -> dict[str, Any]:
         pool.put_nowait(await asyncio.open_connection("127.0.0.1", spec["port"], ssl=context))
     latencies: list[float] = []
     statuses: dict[str, int] = {}
+    print("ready", flush=True)  # the parent starts measuring now
 
     async def one(body: bytes, due: float) -> None:
         reader, writer = await pool.get()
@@ -175,13 +179,16 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] if ordered else float("nan")
 
 
-def run_load(spec: dict[str, Any]) -> dict[str, Any]:
-    """The load generator in its own process (spec in on stdin, result from a file)."""
+def run_load(spec: dict[str, Any], on_ready: Callable[[], None]) -> dict[str, Any]:
+    """The load generator in its own process (spec in on stdin, result from a file); ``on_ready`` as it starts."""
     spec["result"] = str(Path(tempfile.gettempdir()) / f"dasg-fleet-bench-{os.getpid()}.json")
-    child = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE, text=True)
-    assert child.stdin is not None
+    child = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    assert child.stdin is not None and child.stdout is not None
     child.stdin.write(json.dumps(spec))
     child.stdin.close()
+    if child.stdout.readline().strip() == "ready":
+        on_ready()
     if child.wait() != 0:
         raise RuntimeError(f"load generator exited with {child.returncode}")
     path = Path(spec["result"])
@@ -215,16 +222,21 @@ def measure(mode: str, flush_ms: int, settings: DatabaseSettings, tmp: Path, arg
         rate = args.cells / INTERVAL
         spec = {"pki_dir": str(tmp / mode / "ps-pki"), "port": server.port, "cells": args.cells, "apps": args.apps,
                 "rate": rate, "seconds": args.seconds, "connections": args.connections}
-        writes0 = server_counter(metrics_port, "fleet_report_flush_seconds_count")
-        rows0 = server_counter(metrics_port, "fleet_reports_written_total")
-        pg0, cpu0, wall0 = pg_counters(settings.database_name), cpu_seconds(pids), time.monotonic()
-        result = run_load(spec)
-        time.sleep(max(1.5, flush_ms / 1000 + 0.5))  # the last batch is written, PostgreSQL's counters flushed
-        wall = time.monotonic() - wall0
-        cpu = cpu_seconds(pids) - cpu0
+        before: dict[str, Any] = {}
+
+        def start() -> None:
+            before.update(writes=server_counter(metrics_port, "fleet_report_flush_seconds_count"),
+                          rows=server_counter(metrics_port, "fleet_reports_written_total"),
+                          pg=pg_counters(settings.database_name), cpu=cpu_seconds(pids), wall=time.monotonic())
+
+        result = run_load(spec, start)
+        time.sleep(1.5)  # the last batch is written, PostgreSQL's counters flushed
+        wall = time.monotonic() - before["wall"]
+        cpu = cpu_seconds(pids) - before["cpu"]
         pg1 = pg_counters(settings.database_name)
-        writes = server_counter(metrics_port, "fleet_report_flush_seconds_count") - writes0
-        rows = server_counter(metrics_port, "fleet_reports_written_total") - rows0
+        pg0 = before["pg"]
+        writes = server_counter(metrics_port, "fleet_report_flush_seconds_count") - before["writes"]
+        rows = server_counter(metrics_port, "fleet_reports_written_total") - before["rows"]
         out: dict[str, Any] = {
             "offered": rate, "accepted": result["statuses"].get("202", 0) / result["elapsed"],
             "statuses": result["statuses"], "cpu": cpu / wall, "cpu_per_1k": 1000 * cpu / max(1, rows),
