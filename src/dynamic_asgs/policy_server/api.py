@@ -58,7 +58,7 @@ from dynamic_asgs.fleet.report import MAX_REPORT_BYTES, CellReport
 from dynamic_asgs.fleet.view import FleetView
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.policy_server.dataset import Dataset
-from dynamic_asgs.policy_server.fleet import ReportBuffer, apps_wanted, build_view
+from dynamic_asgs.policy_server.fleet import ReportBuffer, build_view, read_for_view
 from dynamic_asgs.policy_server.guard import GUARD_STATE, Guard
 from dynamic_asgs.policy_server.holder import DatasetHolder, HolderMetrics
 from dynamic_asgs.policy_server.query import Query, QueryError, parse_get, parse_post
@@ -271,7 +271,7 @@ class FleetService:
 
     def view(self, app: str | None = None, space: str | None = None) -> FleetView:
         """The fleet view, read from the policy DB now (blocking: call it off the event loop)."""
-        rows = self.store.read(apps_containing=apps_wanted(app, space))
+        rows = read_for_view(self.store, app, space)
         return build_view(rows, silent_after_intervals=self.silent_after_intervals, app=app, space=space)
 
 
@@ -281,6 +281,7 @@ class _FleetEndpoints:
         self.metrics = metrics
         self.limits = limits
         self.refusals = refusals
+        self.viewing = asyncio.Semaphore(1)  # one view at a time: bounded memory and DB connections per worker
 
     def _refuse(self, request: Request, reason: Refusal, status: int, message: str,
                 headers: dict[str, str] | None = None) -> Response:
@@ -338,10 +339,14 @@ class _FleetEndpoints:
                                     f"{name}: not a guid (letters, digits, '_', '.', '-'; at most 128)")
             found[name] = value
         try:
-            view = await asyncio.to_thread(self.fleet.view, found.get("app"), found.get("space"))
+            async with self.viewing:
+                body = await asyncio.to_thread(self._body, found.get("app"), found.get("space"))
         except DatabaseError as exc:
             return _error(503, str(exc))
-        return Response(json.dumps(view.to_json(), separators=(",", ":")), media_type="application/json")
+        return Response(body, media_type="application/json")
+
+    def _body(self, app: str | None, space: str | None) -> bytes:
+        return json.dumps(self.fleet.view(app, space).to_json(), separators=(",", ":")).encode()
 
 
 class _LagerHandler(logging.Handler):

@@ -48,7 +48,7 @@ from dynamic_asgs.fleet.view import (
     FleetView,
 )
 from dynamic_asgs.lager import Logger
-from dynamic_asgs.policydb.reports import DENIALS_MARK, FleetRows, ReportRow, ReportStore
+from dynamic_asgs.policydb.reports import FleetRows, ReportRow, ReportStore
 
 __all__ = [
     "CONVERGENCE_BUCKETS",
@@ -60,6 +60,7 @@ __all__ = [
     "build_view",
     "classify",
     "converged",
+    "read_for_view",
 ]
 
 #: Most cells one worker buffers between two writes (past it, reports are refused with 503).
@@ -128,8 +129,8 @@ def build_view(rows: FleetRows, *, silent_after_intervals: int, app: str | None 
     """The fleet view of ``rows``; with ``app``/``space``, which cells' instances enforce which version.
 
     ``denials_rose`` lists the apps (narrowed by ``app``/``space``) on non-silent cells whose
-    report carries ``denials_rose_at``; it needs the rows' apps, read for the rows that mention
-    a rise or the filter (see :func:`apps_wanted`).
+    report carries ``denials_rose_at``; it needs the rows' apps, read for the rows that have a
+    rise or match the filter (:func:`read_for_view`).
     """
     tally = _Tally()
     cells: list[CellStatus] = []
@@ -165,10 +166,16 @@ def build_view(rows: FleetRows, *, silent_after_intervals: int, app: str | None 
     )
 
 
-def apps_wanted(app: str | None, space: str | None) -> tuple[str, ...]:
-    """What a row's apps text must contain for :func:`build_view` to need it."""
+def read_for_view(store: ReportStore, app: str | None = None, space: str | None = None) -> FleetRows:
+    """The rows :func:`build_view` needs: with the apps of the cells that mention ``app``/``space``, or else of
+    the cells where some app's denials rose."""
     if app is None and space is None:
-        return (DENIALS_MARK,)
+        return store.read(rising_apps=True)
+    return store.read(apps_containing=apps_wanted(app, space))
+
+
+def apps_wanted(app: str | None, space: str | None) -> tuple[str, ...]:
+    """What a row's apps text must contain to mention ``app`` and ``space``."""
     wanted = []
     if app is not None:
         wanted.append(json.dumps({"guid": app}, separators=(",", ":"))[1:-1])

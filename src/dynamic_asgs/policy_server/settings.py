@@ -57,8 +57,8 @@ class ServerSettings:
 
     @property
     def pool_size(self) -> int:
-        """DB connections per worker: the version check plus one reload, within the global bound."""
-        return max(1, min(2, self.max_open_connections // self.workers))
+        """DB connections per worker: the version check or a reload, the fleet routes' writes and one fleet view."""
+        return max(1, min(3, self.max_open_connections // self.workers))
 
 
 def load_settings(path: str | Path) -> ServerSettings:

@@ -7,9 +7,10 @@ Goals and mechanisms:
   UPDATE`` on PostgreSQL and SQLite, ``INSERT ... ON DUPLICATE KEY UPDATE`` on MySQL and
   MariaDB), one row per cell. ``received_at`` is the DB's clock at the write, so every
   policy server judges silence with one clock.
-* **Cheap reads.** :meth:`ReportStore.read` returns the rows with or without their apps
-  (the fleet metrics need only counts); ``apps_containing`` returns, narrowed in SQL, the
-  apps of only the rows that mention an app, a space or a denial rise, so little is decoded.
+* **Cheap reads.** :meth:`ReportStore.read` returns the rows without their apps (the
+  fleet metrics need only counts), or with the apps of only the rows whose apps' denials
+  rose (a column of its own, so no other row's apps are read), or of the rows whose apps
+  text mentions an app or a space (narrowed in SQL, so little is decoded).
 * **Removed VMs vanish.** :meth:`ReportStore.forget_silent` deletes the rows of cells that
   have not reported for a configured time.
 * **Once per version.** :meth:`ReportStore.claim_convergence` sets a version's
@@ -32,13 +33,11 @@ from dynamic_asgs.fleet.report import CellReport
 from dynamic_asgs.policydb.db import database_errors, db_now, read_connection, write_connection
 from dynamic_asgs.policydb.tables import INFO_ID, cell_reports, dataset_versions, info
 
-__all__ = ["DENIALS_MARK", "FleetRows", "ReportRow", "ReportStore", "VersionRow"]
+__all__ = ["FleetRows", "ReportRow", "ReportStore", "VersionRow"]
 
 _CHUNK = 500
 _UPDATED = ("cell_name", "received_at", "interval_seconds", "dataset_version", "current", "lagging", "failed",
-            "drifted", "lagging_since", "apps")
-#: What a stored ``apps`` document contains when one of its apps' denials rose (compact JSON).
-DENIALS_MARK = '"denials_rose_at":"'
+            "drifted", "lagging_since", "denials_rose_at", "apps")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +54,7 @@ class ReportRow:
     failed: int
     drifted: int
     lagging_since: float | None
+    denials_rose_at: float | None  # the latest of its apps'
     apps: str | None  # the compact JSON array of the report's apps; None when not read
 
 
@@ -85,6 +85,8 @@ def _values(report: CellReport, now: float) -> dict[str, object]:
         "interval_seconds": report.interval_seconds, "dataset_version": report.dataset_version,
         "current": c.current, "lagging": c.lagging, "failed": c.failed, "drifted": c.drifted,
         "lagging_since": report.lagging_since.timestamp() if report.lagging_since else None,
+        "denials_rose_at": max((a.denials_rose_at.timestamp() for a in report.apps if a.denials_rose_at),
+                               default=None),
         "apps": json.dumps(report.to_json()["apps"], separators=(",", ":")),
     }
 
@@ -121,14 +123,20 @@ class ReportStore:
                 conn.execute(statement, rows[start:start + _CHUNK])
         return len(rows)
 
-    def read(self, *, apps_containing: Sequence[str] | None = None) -> FleetRows:
-        """Every report; with ``apps_containing``, the apps of the rows whose apps text contains all of it.
+    def read(self, *, apps_containing: Sequence[str] | None = None, rising_apps: bool = False) -> FleetRows:
+        """Every report, with the apps of the rows that ``rising_apps`` or ``apps_containing`` ask for.
 
-        ``None`` reads no apps (the cheapest read); ``()`` reads every row's apps.
+        Without either, no apps are read (the cheapest read). ``rising_apps`` reads the apps
+        of the rows where some app's denials rose; ``apps_containing`` those of the rows
+        whose apps text contains every string given (``()``: every row's apps).
         """
         table = cell_reports
         columns: list[sa.ColumnElement[Any]] = [c for c in table.columns if c.name != "apps"]
-        if apps_containing is not None:
+        with_apps = rising_apps or apps_containing is not None
+        if rising_apps:
+            columns.append(sa.case((table.c.denials_rose_at.is_not(None), table.c.apps), else_=sa.null())
+                           .label("apps"))
+        elif apps_containing is not None:
             conditions = [table.c.apps.like(_like(text), escape="\\") for text in apps_containing]
             columns.append(sa.case((sa.and_(*conditions), table.c.apps), else_=sa.null()).label("apps")
                            if conditions else table.c.apps)
@@ -138,7 +146,8 @@ class ReportStore:
             reports = [ReportRow(r.cell_id, r.cell_name, float(r.received_at), float(r.interval_seconds),
                                  int(r.dataset_version), int(r.current), int(r.lagging), int(r.failed),
                                  int(r.drifted), None if r.lagging_since is None else float(r.lagging_since),
-                                 r.apps if apps_containing is not None else None)
+                                 None if r.denials_rose_at is None else float(r.denials_rose_at),
+                                 r.apps if with_apps else None)
                        for r in conn.execute(sa.select(*columns).order_by(table.c.cell_id))]
             wanted = {r.dataset_version + 1 for r in reports if r.dataset_version < int(head.version)}
             wanted.add(int(head.version))

@@ -15,7 +15,8 @@
   (``converged_at``, claimed once by one policy server; see :mod:`.reports`).
 * ``cell_reports``: each cell's last report (issue 14), one row per cell (BOSH instance id):
   when it arrived (DB clock), the agent's interval, the version and container counts it
-  reported, and its apps as compact JSON.
+  reported, the latest ``denials_rose_at`` of its apps (so the views that need only the
+  apps whose denials rose read no other cell's apps), and its apps as compact JSON.
 
 The migrations in ``migrations/versions`` are the source of truth for the schema; this
 module mirrors them for queries (a test checks that both agree).
@@ -90,5 +91,6 @@ cell_reports = sa.Table(
     sa.Column("failed", sa.BigInteger(), nullable=False),
     sa.Column("drifted", sa.BigInteger(), nullable=False),
     sa.Column("lagging_since", sa.Double(), nullable=True),
+    sa.Column("denials_rose_at", sa.Double(), nullable=True),
     sa.Column("apps", LongText, nullable=False),
 )

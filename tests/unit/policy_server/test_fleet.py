@@ -43,7 +43,7 @@ ROSE = datetime(2027, 1, 15, 8, 0, tzinfo=UTC)
 def row(cell: str, version: int, *, age: float = 1.0, lagging: int = 0, failed: int = 0,
         lagging_since: float | None = None, apps: str | None = None, interval: float = 60.0) -> ReportRow:
     return ReportRow(cell, f"diego-cell/{cell}", NOW - age, interval, version, 4, lagging, failed, 1, lagging_since,
-                     apps)
+                     None, apps)
 
 
 def rows(*reports: ReportRow) -> FleetRows:
@@ -208,7 +208,7 @@ def refused(reason: str) -> float:
 def test_reports_are_accepted_buffered_and_shown_in_the_fleet_view(fleet_client: tuple[Client, io.StringIO]
                                                                    ) -> None:
     client, _ = fleet_client
-    app = AppEnforcement("app-1", "space-1", 1, 2)
+    app = AppEnforcement("app-1", "space-1", 1, 2, denied_packets=9, denials_rose_at=ROSE)
     r = client.request("PUT", REPORTS_ROUTE, data=CellReport("c-1", "diego-cell/0", 20, 1, ContainerCounts(2),
                                                              apps=(app,)).to_bytes())
     assert r.status_code == 202 and r.json() == {"silent_after_seconds": 60.0}
@@ -219,6 +219,8 @@ def test_reports_are_accepted_buffered_and_shown_in_the_fleet_view(fleet_client:
     view = FleetView.from_json(client.get(FLEET_ROUTE).json())
     assert [(c.id, c.state) for c in view.cells] == [("c-1", CellState.CURRENT), ("c-2", CellState.CATCHING_UP)]
     assert view.dataset_version == 1 and view.enforcement == ()
+    assert [(d.app, d.cell_id, d.denied_packets, d.denials_rose_at) for d in view.denials_rose] == [
+        ("app-1", "c-1", 9, ROSE)]
     by_app = FleetView.from_json(client.get(FLEET_ROUTE, params={"app": "app-1"}).json())
     assert [(e.cell_id, e.version, e.containers) for e in by_app.enforcement] == [("c-1", 1, 2)]
 

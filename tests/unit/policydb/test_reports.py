@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from dynamic_asgs.fleet.report import AppEnforcement, CellReport, ContainerCounts
 from dynamic_asgs.policydb.db import DatabaseSettings, create_engine
-from dynamic_asgs.policydb.reports import DENIALS_MARK, ReportStore
+from dynamic_asgs.policydb.reports import ReportStore
 from dynamic_asgs.policydb.store import GroupRow, PolicyStore
 from dynamic_asgs.policydb.tables import cell_reports, dataset_versions
 
@@ -54,8 +54,10 @@ def test_many_reports_are_written_in_one_upsert_and_the_newest_of_a_cell_wins(en
     assert abs(two.received_at - rows.now) < 60 and rows.version == 0
     with_apps = store.read(apps_containing=())
     assert json.loads(with_apps.reports[1].apps or "") == report("cell-0001", 0, apps=apps).to_json()["apps"]
-    rising = store.read(apps_containing=(DENIALS_MARK,))
-    assert [r.cell_id for r in rising.reports if r.apps is not None] == ["cell-0001"]
+    rising = store.read(rising_apps=True)
+    assert [(r.cell_id, r.denials_rose_at) for r in rising.reports if r.apps is not None] == [
+        ("cell-0001", ROSE.timestamp())]
+    assert [r.cell_id for r in rising.reports if r.denials_rose_at is not None] == ["cell-0001"]
     assert [r.cell_id for r in store.read(apps_containing=('"guid":"app_2"',)).reports if r.apps] == []
     assert [r.cell_id for r in store.read(apps_containing=('"guid":"app-2"', '"space":""')).reports
             if r.apps] == ["cell-0001"]

@@ -40,6 +40,7 @@ def upgrade() -> None:
         sa.Column("failed", sa.BigInteger(), nullable=False),
         sa.Column("drifted", sa.BigInteger(), nullable=False),
         sa.Column("lagging_since", sa.Double(), nullable=True),
+        sa.Column("denials_rose_at", sa.Double(), nullable=True),
         sa.Column("apps", _LONG_TEXT, nullable=False),
     )
     op.execute("INSERT INTO dataset_versions (version, changed_at) "
