@@ -74,7 +74,7 @@ __all__ = ["CONFIG_ENV", "FLEET_ROUTE", "REPORTS_ROUTE", "ROUTE", "ApiMetrics", 
 ROUTE = "/networking/v1/internal/security_groups"
 REPORTS_ROUTE = "/networking/v1/internal/cell-reports"
 FLEET_ROUTE = "/networking/v1/internal/fleet"
-_FLEET_PARAMETER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_FLEET_PARAMETER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 #: Environment variable naming the config file (set by the server process for its workers).
 CONFIG_ENV = "DASG_POLICY_SERVER_CONFIG"
 VERSION_HEADER = "X-Dataset-Version"
@@ -334,7 +334,7 @@ class _FleetEndpoints:
                 return self._refuse(request, Refusal.INVALID_PARAMETER, 400, f"{name[:64]}: unknown parameter")
             if name in found:
                 return self._refuse(request, Refusal.INVALID_PARAMETER, 400, f"{name}: given more than once")
-            if not _FLEET_PARAMETER.match(value):
+            if not _FLEET_PARAMETER.fullmatch(value):
                 return self._refuse(request, Refusal.INVALID_PARAMETER, 400,
                                     f"{name}: not a guid (letters, digits, '_', '.', '-'; at most 128)")
             found[name] = value

@@ -252,7 +252,7 @@ def test_a_bad_report_is_refused_naming_what_is_wrong_counted_and_logged(
 
 
 @pytest.mark.parametrize(("params", "named"), [
-    ({"app": "a b"}, "app: not a guid"), ({"space": "x" * 129}, "space: not a guid"),
+    ({"app": "a b"}, "app: not a guid"), ({"space": "x" * 129}, "space: not a guid"), ({"app": "a\n"}, "app: not"),
     ({"cell": "c"}, "cell: unknown parameter"), ([("app", "a"), ("app", "b")], "app: given more than once"),
 ])
 def test_fleet_parameters_are_grammar_checked(fleet_client: tuple[Client, io.StringIO], params: object,
