@@ -7,13 +7,16 @@ import threading
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy.engine import Engine
 
 from dynamic_asgs.fleet.report import AppEnforcement, CellReport, ContainerCounts
+from dynamic_asgs.policydb import migrate
 from dynamic_asgs.policydb.db import DatabaseSettings, create_engine
 from dynamic_asgs.policydb.reports import ReportStore
 from dynamic_asgs.policydb.store import GroupRow, PolicyStore
-from dynamic_asgs.policydb.tables import cell_reports, dataset_versions
+from dynamic_asgs.policydb.tables import cell_reports, dataset_versions, info
 
 ROSE = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -35,6 +38,26 @@ def test_every_version_bump_records_since_when_it_is_current(engine: Engine) -> 
     with engine.connect() as conn:
         rows = {int(r.version): float(r.changed_at) for r in conn.execute(sa.select(dataset_versions))}
     assert sorted(rows) == [0, 1, 2] and rows[2] == state.changed_at and rows[1] <= rows[2]
+
+
+def test_upgrading_a_database_in_use_records_its_current_version(db_settings: DatabaseSettings) -> None:
+    engine = create_engine(db_settings)
+    script = migrate._script()
+    try:
+        with engine.connect() as conn:
+            with EnvironmentContext(Config(), script, fn=lambda rev, _ctx: script._upgrade_revs("0001", rev),
+                                    destination_rev="0001") as env:
+                env.configure(connection=conn, target_metadata=None)
+                with env.begin_transaction():
+                    env.run_migrations()
+            conn.commit()
+        with engine.begin() as conn:  # a foundation that has synced for a while before the upgrade
+            conn.execute(sa.update(info).values(version=41, changed_at=1234.5))
+        assert migrate.upgrade(engine) == ("0001", migrate.head_revision())
+        with engine.connect() as conn:
+            assert [tuple(r) for r in conn.execute(sa.select(dataset_versions))] == [(41, 1234.5, None)]
+    finally:
+        engine.dispose()
 
 
 def test_many_reports_are_written_in_one_upsert_and_the_newest_of_a_cell_wins(engine: Engine) -> None:
