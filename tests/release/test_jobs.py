@@ -195,11 +195,22 @@ def test_the_bounds_on_what_peers_send_are_properties(tmp_path: Path) -> None:
     limits = server.limits
     assert (limits.max_head_bytes, limits.max_headers, limits.head_timeout, limits.body_timeout,
             limits.max_blocking_queries, limits.max_blocking_queries_per_client) == (8192, 20, 2, 3, 50, 1)
+    assert (server.silent_after_intervals, server.report_flush_interval, server.forget_silent_cells_after) == (
+        3, 1.0, 168 * 3600)
     syncer = check_loads("dynamic-asgs-asg-syncer", render_job(
         JOBS / "dynamic-asgs-asg-syncer", {**REQUIRED["dynamic-asgs-asg-syncer"], "cc_max_pages": 40,
                                            "cc_max_response_bytes": 1 << 20, "cc_listing_deadline_seconds": 90},
         links=links_for("dynamic-asgs-asg-syncer")), tmp_path / "syncer")
     assert (syncer.max_pages, syncer.max_response_bytes, syncer.listing_deadline) == (40, 1 << 20, 90)
+
+
+def test_the_fleet_audit_settings_are_properties(tmp_path: Path) -> None:
+    server = check_loads("dynamic-asgs-policy-server", render_job(
+        JOBS / "dynamic-asgs-policy-server", {**REQUIRED["dynamic-asgs-policy-server"],
+                                              "fleet": {"silent_after_intervals": 5, "report_flush_interval_ms": 0,
+                                                        "forget_silent_cells_after_hours": 1.5}}), tmp_path)
+    assert (server.silent_after_intervals, server.report_flush_interval, server.forget_silent_cells_after) == (
+        5, 0.0, 5400.0)
 
 
 def test_the_agent_takes_the_chain_shape_from_the_cni_config_link(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 * :class:`Refusal` names why (the ``reason`` label of ``internal_requests_refused_total``
   and of the ``request-refused`` log line); both the connection guard
   (:mod:`.guard`: heads too large, too slow, malformed) and the API (:mod:`.api`: invalid
-  parameters, bodies too slow, blocking queries past their bounds) report through one
+  parameters, invalid cell reports, bodies too slow, blocking queries past their bounds) report through one
   :class:`Refusals` per worker.
 * The counter counts every refusal. The log line is written for the first refusal of a
   reason and then at most once per ``interval`` seconds per reason, carrying how many
@@ -34,6 +34,8 @@ class Refusal(StrEnum):
     INVALID_PARAMETER = "invalid-parameter"  # 400, from the API
     BLOCKING_QUERIES = "blocking-queries-limit"  # 503, the worker holds its maximum
     CLIENT_BLOCKING_QUERIES = "client-blocking-queries-limit"  # 503, this client holds its maximum
+    INVALID_REPORT = "invalid-report"  # 400 or 413, a cell report the schema refuses or too large
+    REPORTS_BUFFER_FULL = "reports-buffer-full"  # 503, the worker buffers its maximum of cells
 
 
 class Throttle:

@@ -4,7 +4,8 @@ The main process validates the configuration (exit 2 on any problem, certificate
 included), migrates the schema (``--migrate-only`` does only that, for a BOSH pre-start;
 otherwise a failed migration is retried in the background while workers answer 503),
 raises the open-file limit (thousands of agents hold connections in blocking queries),
-serves the health endpoint and the merged Prometheus metrics on 127.0.0.1, and runs
+serves the health endpoint and the merged Prometheus metrics on 127.0.0.1 (with the fleet
+metrics of :class:`~dynamic_asgs.policy_server.fleet.FleetEvaluator`, which runs here), and runs
 ``workers`` uvicorn processes (event loop per process; TLS 1.2+, client certificate
 required and verified against ``ca_cert_file``) on ``listen_host:internal_listen_port``.
 uvicorn's supervisor restarts a worker that dies; SIGTERM/SIGINT stop everything.
@@ -32,11 +33,13 @@ from dynamic_asgs.errors import ConfigError, DatabaseError
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.metrics import multiprocess_registry, prepare_multiprocess_dir, remove_multiprocess_dir, serve_metrics
 from dynamic_asgs.policy_server.api import CONFIG_ENV, bridge_logging
+from dynamic_asgs.policy_server.fleet import FleetCollector, FleetEvaluator
 from dynamic_asgs.policy_server.guard import GuardedHttpToolsProtocol
 from dynamic_asgs.policy_server.health import HealthServer
 from dynamic_asgs.policy_server.settings import ServerSettings, load_settings
 from dynamic_asgs.policydb.db import create_engine
 from dynamic_asgs.policydb.migrate import upgrade
+from dynamic_asgs.policydb.reports import ReportStore
 from dynamic_asgs.policydb.store import PolicyStore
 from dynamic_asgs.tls import server_context
 
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     logger = Logger(f"{settings.log_prefix}.policy-server", level=settings.log_level)
     server_context(ca_file=settings.ca_cert_file, cert_file=settings.server_cert_file,
                    key_file=settings.server_key_file, what=f"{settings.source}: TLS")
-    engine = create_engine(settings.database, pool_size=1, max_overflow=1)
+    engine = create_engine(settings.database, pool_size=2, max_overflow=1)
     if args.migrate_only:
         try:
             before, after = upgrade(engine, logger=logger.session("migrate"))
@@ -131,17 +134,24 @@ def run(args: argparse.Namespace) -> int:
     store = PolicyStore(engine)
     health = HealthServer(settings.health_port, store.version, logger.session("health"))
     samples = prepare_multiprocess_dir()
-    exporter = serve_metrics(settings.metrics_port, multiprocess_registry(samples))
+    registry = multiprocess_registry(samples)
+    collector = FleetCollector()
+    registry.register(collector)
+    evaluator = FleetEvaluator(ReportStore(engine), collector, silent_after_intervals=settings.silent_after_intervals,
+                               forget_after=settings.forget_silent_cells_after, logger=logger.session("fleet"))
+    exporter = serve_metrics(settings.metrics_port, registry)
     os.environ[CONFIG_ENV] = str(Path(settings.source).resolve())
     limit = raise_open_files_limit()
     bridge_logging(logger.session("uvicorn"))
     health.start()
+    evaluator.start()
     logger.info("started", {"listen": f"{settings.listen_host}:{settings.port}", "workers": settings.workers,
                             "health_check_port": health.port, "open_files_limit": limit})
     try:
         Multiprocess(_uvicorn_config(settings), sockets=[sock]).run()
     finally:
         stop.set()
+        evaluator.stop()
         health.stop()
         if exporter is not None:
             exporter.stop()

@@ -51,11 +51,14 @@ class ServerSettings:
     log_level: str
     log_prefix: str
     limits: RequestLimits = RequestLimits()
+    silent_after_intervals: int = 3
+    report_flush_interval: float = 1.0  # seconds; 0: one transaction per report
+    forget_silent_cells_after: float = 7 * 24 * 3600.0  # seconds
 
     @property
     def pool_size(self) -> int:
-        """DB connections per worker: the version check plus one reload, within the global bound."""
-        return max(1, min(2, self.max_open_connections // self.workers))
+        """DB connections per worker: the version check or a reload, the fleet routes' writes and one fleet view."""
+        return max(1, min(3, self.max_open_connections // self.workers))
 
 
 def load_settings(path: str | Path) -> ServerSettings:
@@ -86,4 +89,7 @@ def load_settings(path: str | Path) -> ServerSettings:
             max_blocking_queries=raw["max_blocking_queries"],
             max_blocking_queries_per_client=raw["max_blocking_queries_per_client"],
         ),
+        silent_after_intervals=raw["silent_after_intervals"],
+        report_flush_interval=raw["report_flush_interval_ms"] / 1000,
+        forget_silent_cells_after=raw["forget_silent_cells_after_hours"] * 3600.0,
     )

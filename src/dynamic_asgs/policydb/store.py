@@ -7,7 +7,7 @@ Goals and mechanisms:
   (ids stay stable, so the agents' paging by id stays meaningful), vanished guids deleted,
   unchanged rows untouched. The Go syncer rewrote every row on every sync.
 * **One transaction.** Inserts, updates, deletes, the dataset version bump (only when
-  something changed) and the sync state commit together or not at all, after a fence
+  something changed, with its ``dataset_versions`` row) and the sync state commit together or not at all, after a fence
   check (the caller's lease) taken first inside the same transaction.
 * **Consistent reads.** :meth:`PolicyStore.snapshot` reads the version and all rows in one
   snapshot transaction, so a policy server never serves rows of one version labelled
@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from dynamic_asgs.policydb.db import database_errors, db_now, read_connection, write_connection
-from dynamic_asgs.policydb.tables import INFO_ID, info, security_groups
+from dynamic_asgs.policydb.tables import INFO_ID, dataset_versions, info, security_groups
 
 __all__ = ["GroupRow", "PolicyStore", "ReplaceResult", "Snapshot", "StoredGroup", "SyncState"]
 
@@ -178,6 +178,8 @@ class PolicyStore:
                 values.update(version=info.c.version + 1, changed_at=now)
             conn.execute(sa.update(info).where(info.c.id == INFO_ID).values(**values))
             version = int(conn.execute(sa.select(info.c.version).where(info.c.id == INFO_ID)).scalar_one())
+            if changed:
+                conn.execute(sa.insert(dataset_versions).values(version=version, changed_at=now))
         return ReplaceResult(len(inserts), len(updates), len(deletes),
                              len(incoming) - len(inserts) - len(updates), version)
 

@@ -10,6 +10,13 @@
   ``last_update`` of the stored data and when it was last confirmed.
 * ``leases``: named leases with a holder and an expiry in the DB's clock
   (epoch seconds), for the one-active-syncer rule.
+* ``dataset_versions``: one row per dataset version, written with the version bump:
+  since when it is current (``changed_at``) and when the whole fleet first enforced it
+  (``converged_at``, claimed once by one policy server; see :mod:`.reports`).
+* ``cell_reports``: each cell's last report (issue 14), one row per cell (BOSH instance id):
+  when it arrived (DB clock), the agent's interval, the version and container counts it
+  reported, the latest ``denials_rose_at`` of its apps (so the views that need only the
+  apps whose denials rose read no other cell's apps), and its apps as compact JSON.
 
 The migrations in ``migrations/versions`` are the source of truth for the schema; this
 module mirrors them for queries (a test checks that both agree).
@@ -20,7 +27,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-__all__ = ["INFO_ID", "LongText", "info", "leases", "metadata", "security_groups"]
+__all__ = ["INFO_ID", "LongText", "cell_reports", "dataset_versions", "info", "leases", "metadata", "security_groups"]
 
 #: JSON documents can exceed MySQL's 64 KiB TEXT (a rule may list 6000 destinations).
 LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
@@ -61,4 +68,29 @@ leases = sa.Table(
     sa.Column("holder", sa.String(255), nullable=False),
     sa.Column("acquired_at", sa.Double(), nullable=False),
     sa.Column("expires_at", sa.Double(), nullable=False),
+)
+
+dataset_versions = sa.Table(
+    "dataset_versions",
+    metadata,
+    sa.Column("version", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("changed_at", sa.Double(), nullable=False),
+    sa.Column("converged_at", sa.Double(), nullable=True),
+)
+
+cell_reports = sa.Table(
+    "cell_reports",
+    metadata,
+    sa.Column("cell_id", sa.String(128), primary_key=True),
+    sa.Column("cell_name", sa.String(255), nullable=False),
+    sa.Column("received_at", sa.Double(), nullable=False),
+    sa.Column("interval_seconds", sa.Double(), nullable=False),
+    sa.Column("dataset_version", sa.BigInteger(), nullable=False),
+    sa.Column("current", sa.BigInteger(), nullable=False),
+    sa.Column("lagging", sa.BigInteger(), nullable=False),
+    sa.Column("failed", sa.BigInteger(), nullable=False),
+    sa.Column("drifted", sa.BigInteger(), nullable=False),
+    sa.Column("lagging_since", sa.Double(), nullable=True),
+    sa.Column("denials_rose_at", sa.Double(), nullable=True),
+    sa.Column("apps", LongText, nullable=False),
 )

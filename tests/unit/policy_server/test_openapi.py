@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
-from dynamic_asgs.policy_server.api import ROUTE
+from dynamic_asgs.policy_server.api import FLEET_ROUTE, REPORTS_ROUTE, ROUTE
 from dynamic_asgs.policy_server.dataset import Dataset
 from dynamic_asgs.policy_server.query import MAX_SPACES, MAX_WAIT
 from dynamic_asgs.policydb.store import GroupRow, Snapshot, StoredGroup
@@ -28,10 +28,11 @@ def validator(name: str) -> Draft202012Validator:
 
 def test_document_is_openapi_3_1_with_the_route() -> None:
     doc = document()
-    assert doc["openapi"].startswith("3.1") and set(doc["paths"]) == {ROUTE}
+    assert doc["openapi"].startswith("3.1") and set(doc["paths"]) == {ROUTE, REPORTS_ROUTE, FLEET_ROUTE}
     assert set(doc["paths"][ROUTE]) == {"get", "post"}
     params = doc["components"]["parameters"]
-    assert {p["name"] for p in params.values()} == {"space_guids", "from", "limit", "wait", "If-None-Match"}
+    assert {p["name"] for p in params.values()} == {"space_guids", "from", "limit", "wait", "If-None-Match", "app",
+                                                     "space"}
     assert params["wait"]["schema"]["maximum"] == MAX_WAIT
     post = doc["paths"][ROUTE]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert post["properties"]["space_guids"]["maxItems"] == MAX_SPACES
@@ -45,3 +46,13 @@ def test_real_answers_match_the_documented_schema() -> None:
         errors = list(validator("SecurityGroupsPage").iter_errors(json.loads(answer.body)))
         assert errors == []
     assert list(validator("Error").iter_errors({"error": "limit: bad"})) == []
+
+
+def test_the_fleet_routes_use_the_published_schemas() -> None:
+    doc = document()
+    assert set(doc["paths"][REPORTS_ROUTE]) == {"put", "post"} and set(doc["paths"][FLEET_ROUTE]) == {"get"}
+    schemas = doc["components"]["schemas"]
+    for name, path in (("CellReport", "cell-report.schema.json"), ("FleetView", "fleet-view.schema.json")):
+        assert schemas[name] == {"$ref": path} and (DOC.parent / path).is_file()
+    pattern = doc["components"]["parameters"]["app"]["schema"]["pattern"]
+    assert pattern == json.loads((DOC.parent / "fleet-view.schema.json").read_text())["$defs"]["id"]["pattern"]

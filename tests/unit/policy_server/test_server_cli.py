@@ -44,7 +44,7 @@ def test_the_go_jobs_config_loads(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, GO_CONFIG))
     assert (settings.listen_host, settings.port, settings.health_port) == ("0.0.0.0", 4003, 31946)
     assert settings.database.client_cert == "/x/db_client.crt" and settings.workers == 2
-    assert settings.check_interval == 0.5 and settings.pool_size == 2
+    assert settings.check_interval == 0.5 and settings.pool_size == 3
 
 
 def test_request_limits_default_to_the_documented_bounds_and_can_be_set(tmp_path: Path) -> None:
