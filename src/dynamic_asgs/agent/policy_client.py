@@ -39,15 +39,13 @@ from dynamic_asgs.asg.model import SecurityGroup
 from dynamic_asgs.asg.parse import parse_internal_group
 from dynamic_asgs.config import load_schema
 from dynamic_asgs.errors import UpstreamError, ValidationError
-from dynamic_asgs.fleet.report import CellReport
+from dynamic_asgs.fleet.report import REPORTS_PATH, CellReport
 from dynamic_asgs.http.client import JsonHttp, Reply, RetryPolicy, Timeouts, validator
 from dynamic_asgs.tls import client_context, session_for
 
-__all__ = ["DEFAULT_RETRY", "PATH", "REPORTS_PATH", "PolicyClient", "Result"]
+__all__ = ["DEFAULT_RETRY", "PATH", "PolicyClient", "Result"]
 
 PATH = "/networking/v1/internal/security_groups"
-#: Where agents send their cell reports (the fleet audit, issue 14).
-REPORTS_PATH = "/networking/v1/internal/cell-reports"
 _SCHEMA = validator(load_schema("dynamic_asgs.policy_server", "schemas/security_groups_response.json"))
 _MAX_URL = 6000
 _RESTARTS = 3

@@ -29,8 +29,11 @@ from jsonschema import Draft202012Validator
 from dynamic_asgs.config import load_schema
 from dynamic_asgs.errors import ValidationError
 
-__all__ = ["MAX_REPORT_BYTES", "AppEnforcement", "CellReport", "ContainerCounts", "format_time", "parse_time"]
+__all__ = ["MAX_REPORT_BYTES", "REPORTS_PATH", "AppEnforcement", "CellReport", "ContainerCounts", "format_time",
+           "parse_time"]
 
+#: Where agents send their reports (``PUT``, mutual TLS).
+REPORTS_PATH = "/networking/v1/internal/cell-reports"
 #: The largest report body a policy server reads (room for thousands of apps per cell).
 MAX_REPORT_BYTES = 4 * 1024 * 1024
 

@@ -25,8 +25,11 @@ from dynamic_asgs.config import load_schema
 from dynamic_asgs.errors import ValidationError
 from dynamic_asgs.fleet.report import ContainerCounts, format_time, parse_time
 
-__all__ = ["CellState", "CellStatus", "ContainerTotals", "DenialRise", "Enforcement", "FleetTotals", "FleetView"]
+__all__ = ["FLEET_PATH", "CellState", "CellStatus", "ContainerTotals", "DenialRise", "Enforcement", "FleetTotals",
+           "FleetView"]
 
+#: Where the fleet view is read (``GET``, mutual TLS; ``app``/``space`` filter it).
+FLEET_PATH = "/networking/v1/internal/fleet"
 _VALIDATOR = Draft202012Validator(load_schema("dynamic_asgs.fleet", "schemas/fleet_view.json"))
 
 

@@ -54,8 +54,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dynamic_asgs.errors import DatabaseError, ValidationError
-from dynamic_asgs.fleet.report import MAX_REPORT_BYTES, CellReport
-from dynamic_asgs.fleet.view import FleetView
+from dynamic_asgs.fleet.report import MAX_REPORT_BYTES, REPORTS_PATH, CellReport
+from dynamic_asgs.fleet.view import FLEET_PATH, FleetView
 from dynamic_asgs.lager import Logger
 from dynamic_asgs.policy_server.dataset import Dataset
 from dynamic_asgs.policy_server.fleet import ReportBuffer, build_view, read_for_view
@@ -72,8 +72,8 @@ __all__ = ["CONFIG_ENV", "FLEET_ROUTE", "REPORTS_ROUTE", "ROUTE", "ApiMetrics", 
            "build_app", "create_app"]
 
 ROUTE = "/networking/v1/internal/security_groups"
-REPORTS_ROUTE = "/networking/v1/internal/cell-reports"
-FLEET_ROUTE = "/networking/v1/internal/fleet"
+REPORTS_ROUTE = REPORTS_PATH
+FLEET_ROUTE = FLEET_PATH
 _FLEET_PARAMETER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 #: Environment variable naming the config file (set by the server process for its workers).
 CONFIG_ENV = "DASG_POLICY_SERVER_CONFIG"
