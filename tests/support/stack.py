@@ -53,8 +53,10 @@ class ControlPlane:
 
 
 @contextmanager
-def control_plane(tmp_path: Path, groups: list[dict[str, Any]], *, poll: int = 1) -> Iterator[ControlPlane]:
-    """cc-stub serving ``groups``, a syncer polling every ``poll`` s and a policy server, on SQLite."""
+def control_plane(tmp_path: Path, groups: list[dict[str, Any]], *, poll: int = 1,
+                  policy: dict[str, Any] | None = None) -> Iterator[ControlPlane]:
+    """cc-stub serving ``groups``, a syncer polling every ``poll`` s and a policy server (``policy``: more of its
+    configuration), on SQLite."""
     database = {"type": "sqlite", "database_name": str(tmp_path / "policy.db")}
     with ExitStack() as stack:
         stub = start_cc_stub(tmp_path, groups)
@@ -65,9 +67,9 @@ def control_plane(tmp_path: Path, groups: list[dict[str, Any]], *, poll: int = 1
         assert isinstance(syncer.process, Daemon)
         stack.callback(syncer.process.stop)
         syncer.wait_synced()
-        policy = start_policy_server(tmp_path, database, workers=1, dataset_check_interval_ms=200)
-        stack.callback(policy.daemon.stop)
-        yield ControlPlane(stub, syncer.process, policy)
+        server = start_policy_server(tmp_path, database, workers=1, dataset_check_interval_ms=200, **(policy or {}))
+        stack.callback(server.daemon.stop)
+        yield ControlPlane(stub, syncer.process, server)
 
 
 def cell_tools(cell: Cell, directory: Path) -> dict[str, str]:

@@ -40,6 +40,7 @@ from dynamic_asgs.asg.parse import parse_internal_group
 from dynamic_asgs.config import load_schema
 from dynamic_asgs.errors import UpstreamError, ValidationError
 from dynamic_asgs.fleet.report import REPORTS_PATH, CellReport
+from dynamic_asgs.fleet.view import FLEET_PATH, FleetView
 from dynamic_asgs.http.client import JsonHttp, Reply, RetryPolicy, Timeouts, validator
 from dynamic_asgs.tls import client_context, session_for
 
@@ -111,6 +112,16 @@ class PolicyClient:
         """Send this cell's report (``PUT`` of its compact JSON); raises :class:`UpstreamError` when refused."""
         self._http.request("PUT", REPORTS_PATH, schema=None, endpoint=REPORTS_PATH, accept=(200, 202, 204),
                            max_bytes=64 * 1024, headers={"Content-Type": "application/json"}, data=report.to_bytes())
+
+    def fleet(self, *, app: str | None = None, space: str | None = None) -> FleetView:
+        """The fleet view (every cell's last report), optionally for one app or space; validated."""
+        params = "&".join(f"{k}={quote(v, safe='')}" for k, v in (("app", app), ("space", space)) if v)
+        reply = self._http.request("GET", f"{FLEET_PATH}?{params}" if params else FLEET_PATH, schema=None,
+                                   endpoint=FLEET_PATH, max_bytes=256 << 20, headers={"Accept": "application/json"})
+        try:
+            return FleetView.from_json(reply.body)
+        except ValidationError as exc:
+            raise UpstreamError(f"policy server: GET {FLEET_PATH}: {exc}") from exc
 
     def _rest(self, spaces: list[str], first: Reply) -> Result | None:
         """Fetch the pages after ``first``; ``None`` if one of them is from another dataset version."""

@@ -1,6 +1,8 @@
 """``dynamic-asgs audit``: is the current ASG dataset in effect in every container of the fleet?
 
-Answers the security team's question "is the new ASG in full effect everywhere?":
+Without ``--agent``/``--agents-file`` the policy server answers alone, from the reports every
+agent sends it (:mod:`.fleet_audit`: ``--app``, ``--space``, ``--wait-for current``). With them,
+the audit reads the named agents' own status (the fallback when reports are off):
 
 1. ask the policy server (mutual TLS, like an agent) for its current dataset version and
    when it changed (``X-Dataset-Version``, ``X-Dataset-Changed-At``);
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -42,6 +45,9 @@ import requests
 from dynamic_asgs.agent.policy_client import PolicyClient
 from dynamic_asgs.agent.status import AgentStatus, format_instant, instant
 from dynamic_asgs.errors import DocumentError, InputError, UpstreamError
+from dynamic_asgs.fleet.report import parse_time
+from dynamic_asgs.fleet.view import FleetView
+from dynamic_asgs.tools import fleet_audit
 
 __all__ = [
     "EXIT_LAGGING",
@@ -64,6 +70,8 @@ EXIT_OK = 0
 EXIT_LAGGING = 1
 EXIT_UNREACHABLE = 3
 STATUS_PATH = "/asg-status"
+_GUID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,29 +354,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ca-cert", required=True, metavar="FILE", help="CA of the policy server's certificate")
     parser.add_argument("--client-cert", required=True, metavar="FILE", help="client certificate (an agent's)")
     parser.add_argument("--client-key", required=True, metavar="FILE", help="its private key")
+    parser.add_argument("--app", metavar="GUID", help="show which instances of this app enforce which version")
+    parser.add_argument("--space", metavar="GUID", help="show which instances of this space's apps enforce which "
+                        "version")
+    parser.add_argument("--wait-for", choices=["current"], help="ask again until every reporting cell (and "
+                        "instance, with --app/--space) enforces the current version, or --timeout passes (exit 1)")
+    parser.add_argument("--since", metavar="TIME", help="with the fleet view: the current dataset must have become "
+                        "current at or after TIME (RFC 3339, e.g. 2026-12-06T04:00:00Z: when you changed the ASG)")
+    parser.add_argument("--poll", type=float, default=2.0, metavar="SECONDS",
+                        help="with --wait-for: seconds between two asks (default 2)")
     parser.add_argument("--agent", action="append", default=[], metavar="[NAME=]URL|FILE",
-                        help="an agent's status: http://127.0.0.1:8721/asg-status, or a saved copy (repeatable)")
+                        help="read this agent's own status instead: http://127.0.0.1:8731/asg-status, or a saved "
+                        "copy (repeatable)")
     parser.add_argument("--agents-file", action="append", default=[], metavar="FILE",
                         help="one cell per line: [NAME] URL|FILE; '#' starts a comment (repeatable)")
     parser.add_argument("--max-lag", type=float, default=0.0, metavar="SECONDS",
                         help="tolerated lag behind the current version before exiting 1 (default 0)")
-    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per request (default 5)")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="per request (default 5); with --wait-for, the whole wait (default 300)")
     parser.add_argument("--parallel", type=int, default=16, metavar="N", help="agents read at once (default 16)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON (for scripts)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Audit the fleet; print the report; return 0, 1 (lag beyond --max-lag) or 3 (an agent unreadable)."""
-    if args.max_lag < 0 or args.timeout <= 0 or args.parallel < 1:
-        raise InputError("--max-lag must be >= 0, --timeout > 0 and --parallel >= 1")
+    timeout = args.timeout if args.timeout is not None else (300.0 if args.wait_for else 5.0)
+    if args.max_lag < 0 or timeout <= 0 or args.parallel < 1 or args.poll <= 0:
+        raise InputError("--max-lag must be >= 0, --timeout > 0, --poll > 0 and --parallel >= 1")
+    if not args.agent and not args.agents_file:
+        return _fleet(args, timeout)
     targets = parse_targets(args.agent, args.agents_file)
+    if args.app or args.space or args.wait_for or args.since:
+        raise InputError("--app, --space, --since and --wait-for read the policy server's fleet view: drop --agent and "
+                         "--agents-file")
     client = PolicyClient(args.policy_server_url, ca_file=args.ca_cert, cert_file=args.client_cert,
-                          key_file=args.client_key, timeout=args.timeout)
+                          key_file=args.client_key, timeout=timeout)
     try:
         current = current_version(client)
     finally:
         client.close()
-    answers = fetch_all(targets, timeout=args.timeout, parallel=args.parallel)
+    answers = fetch_all(targets, timeout=timeout, parallel=args.parallel)
     report = build_report(current, answers, now=time.time(), max_lag=args.max_lag)
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2)
@@ -376,3 +401,27 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_table(report))
     return report.exit_code()
+
+
+def _fleet(args: argparse.Namespace, timeout: float) -> int:
+    """The fleet view from the policy server alone (see :mod:`.fleet_audit`)."""
+    for flag, value in (("--app", args.app), ("--space", args.space)):
+        if value is not None and not _GUID.fullmatch(value):
+            raise InputError(f"{flag}: {value[:60]!r} is not a GUID (letters, digits, '_', '.', '-')")
+    since = None
+    if args.since is not None:
+        if not _TIME.fullmatch(args.since):
+            raise InputError(f"--since: {args.since[:60]!r} is not an RFC 3339 time like 2026-12-06T04:00:00Z")
+        since = parse_time(args.since)
+    client = PolicyClient(args.policy_server_url, ca_file=args.ca_cert, cert_file=args.client_cert,
+                          key_file=args.client_key, timeout=min(timeout, 30.0))
+    try:
+        def fetch() -> FleetView:
+            return client.fleet(app=args.app, space=args.space)
+
+        view = (fleet_audit.wait_for_current(fetch, timeout=timeout, poll=args.poll, since=since) if args.wait_for
+                else fetch())
+    finally:
+        client.close()
+    fleet_audit.print_view(view, as_json=args.json)
+    return fleet_audit.exit_code(view, since)

@@ -204,9 +204,18 @@ def test_fetching_reports_each_failure_in_one_line(agent_url: str, tmp_path: Pat
 def test_the_command_fails_cleanly_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     common = ["audit", "--policy-server-url", "https://127.0.0.1:1", "--ca-cert", str(tmp_path / "ca.pem"),
               "--client-cert", str(tmp_path / "c.pem"), "--client-key", str(tmp_path / "k.pem")]
-    assert main(common) == 2
+    assert main(common) == 2  # the fleet view, from the policy server alone: its client cannot be made
+    err = capsys.readouterr().err
+    assert err.startswith("dynamic-asgs audit: error: ") and "Traceback" not in err and "ca.pem" in err
+    empty = tmp_path / "agents.txt"
+    empty.write_text("# no cells yet\n")
+    assert main([*common, "--agents-file", str(empty)]) == 2
     assert capsys.readouterr().err == "dynamic-asgs audit: error: no agents to audit: give --agent URL or " \
                                       "--agents-file FILE\n"
+    assert main([*common, "--agent", "http://127.0.0.1:1", "--wait-for", "current"]) == 2
+    assert "read the policy server's fleet view" in capsys.readouterr().err
+    assert main([*common, "--app", "a b"]) == 2
+    assert "--app: 'a b' is not a GUID" in capsys.readouterr().err
     assert main([*common, "--agent", "http://127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dynamic-asgs audit: error: ") and "Traceback" not in err and "ca.pem" in err
