@@ -41,6 +41,8 @@ import uvloop
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the test harness: processes, databases, certificates
 
+from procstat import cpu_seconds, descendants, percentile, rss_mib  # noqa: E402
+
 from dynamic_asgs.cc.client import CloudController  # noqa: E402
 from dynamic_asgs.cc.uaa import TokenSource  # noqa: E402
 from dynamic_asgs.http.client import JsonHttp, Timeouts  # noqa: E402
@@ -272,39 +274,6 @@ def collect(children: list[subprocess.Popen[str]], specs: list[dict[str, Any]]) 
         path.unlink()
     return results
 
-
-def descendants(pid: int) -> list[int]:
-    found, todo = [pid], [pid]
-    while todo:
-        current = todo.pop()
-        for task in Path(f"/proc/{current}/task").iterdir():
-            children = (task / "children").read_text().split()
-            found.extend(int(c) for c in children)
-            todo.extend(int(c) for c in children)
-    return found
-
-
-def rss_mib(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1])
-    return total / 1024
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / ticks
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
 def rows_of(groups: list[dict[str, Any]]) -> list[GroupRow]:

@@ -50,7 +50,10 @@ import uvloop
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the test harness: processes, databases, certificates
 
-from dynamic_asgs.fleet.report import AppEnforcement, CellReport, ContainerCounts  # noqa: E402
+from procstat import cpu_seconds, descendants, percentile  # noqa: E402
+
+from dynamic_asgs.fleet.report import REPORTS_PATH, AppEnforcement, CellReport, ContainerCounts  # noqa: E402
+from dynamic_asgs.fleet.view import FLEET_PATH  # noqa: E402
 from dynamic_asgs.policy_server.server import raise_open_files_limit  # noqa: E402
 from dynamic_asgs.policydb.db import DatabaseSettings, create_engine  # noqa: E402
 from dynamic_asgs.policydb.migrate import upgrade  # noqa: E402
@@ -59,8 +62,8 @@ from dynamic_asgs.policydb.store import GroupRow, PolicyStore  # noqa: E402
 from dynamic_asgs.tls import client_context  # noqa: E402
 from support.daemons import PolicyServer, database, database_config, free_port, start_policy_server  # noqa: E402
 
-REPORTS = "/networking/v1/internal/cell-reports"
-FLEET = "/networking/v1/internal/fleet"
+REPORTS = REPORTS_PATH
+FLEET = FLEET_PATH
 INTERVAL = 60.0
 ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -134,28 +137,6 @@ async def load(spec: dict[str, Any]) -> dict[str, Any]:
         tasks.append(asyncio.create_task(one(bodies[i % len(bodies)], due)))
     await asyncio.gather(*tasks)
     return {"latencies": latencies, "statuses": statuses, "elapsed": time.perf_counter() - start}
-
-
-def descendants(pid: int) -> list[int]:
-    found, todo = [pid], [pid]
-    while todo:
-        current = todo.pop()
-        for task in Path(f"/proc/{current}/task").iterdir():
-            children = [int(c) for c in (task / "children").read_text().split()]
-            found.extend(children)
-            todo.extend(children)
-    return found
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / ticks
-
-
 def pg_counters(name: str) -> tuple[int, int]:
     """(commits, rows inserted + updated) of database ``name`` so far."""
     admin = sa.create_engine(ADMIN, isolation_level="AUTOCOMMIT")
@@ -172,12 +153,6 @@ def server_counter(port: int, name: str) -> float:
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] if ordered else float("nan")
-
 
 def run_load(spec: dict[str, Any], on_ready: Callable[[], None]) -> dict[str, Any]:
     """The load generator in its own process (spec in on stdin, result from a file); ``on_ready`` as it starts."""
