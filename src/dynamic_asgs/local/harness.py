@@ -354,11 +354,23 @@ def iptables_wrappers(directory: Path, ns: str, backend: str) -> dict[str, str]:
         for kind in ("restore", "save", ""):
             tool = f"{prefix}-{backend}-{kind}" if kind else f"{prefix}-{backend}"
             path = directory / (f"{prefix}-{kind}" if kind else prefix)
-            path.write_text(f'#!/bin/sh\nexec ip netns exec {ns} {tool} "$@"\n')
-            path.chmod(0o755)
+            _write_script(path, f'#!/bin/sh\nexec ip netns exec {ns} {tool} "$@"\n')
             if kind:
                 keys[f"{prefix}_{kind}_command"] = str(path)
     return keys
+
+
+def _write_script(path: Path, text: str) -> None:
+    """Install an executable script, never opening one a process may be running.
+
+    Writing into a script while the agent executes it fails with ``ETXTBSY``: an unchanged
+    script is left alone and a changed one replaces the old by rename."""
+    if path.exists() and path.read_text() == text:
+        return
+    staged = path.with_name(f".{path.name}.new")
+    staged.write_text(text)
+    staged.chmod(0o755)
+    staged.replace(path)
 
 
 @dataclass

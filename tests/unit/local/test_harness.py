@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,38 @@ def test_iptables_wrappers_run_the_backends_tools_in_the_namespace(tmp_path: Pat
     assert script.splitlines()[1] == 'exec ip netns exec ns1 iptables-nft-save "$@"'
     assert (tmp_path / "iptables").exists()  # the plain tool, for listing one chain
     assert subprocess.run(["sh", "-n", keys["ip6tables_restore_command"]]).returncode == 0
+
+
+def test_iptables_wrappers_can_be_written_again_while_they_run(tmp_path: Path) -> None:
+    # The local environment asks for the wrappers each time it adds a container, while the agent
+    # runs them: a script open for writing cannot be executed, nor opened for writing while the
+    # kernel execs it (ETXTBSY, "Text file busy"), on either side.
+    keys = iptables_wrappers(tmp_path, "ns1", "nft")
+    save = keys["iptables_save_command"]
+    stop = threading.Event()
+    exec_errors: list[OSError] = []
+
+    def run_it() -> None:
+        while not stop.is_set():
+            try:
+                subprocess.run([save], env={"PATH": str(tmp_path)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+            except OSError as error:
+                exec_errors.append(error)
+
+    (tmp_path / "ip").write_text("#!/bin/sh\nexit 0\n")  # what the wrapper execs: instant
+    (tmp_path / "ip").chmod(0o755)
+    runner = threading.Thread(target=run_it)
+    runner.start()
+    try:
+        for i in range(400):
+            iptables_wrappers(tmp_path, f"ns{i % 2}", "nft")  # half the calls change the scripts
+    finally:
+        stop.set()
+        runner.join()
+    assert exec_errors == []
+    assert 'exec ip netns exec ns1 iptables-nft-save "$@"' in Path(save).read_text()
+    assert not list(tmp_path.glob(".*.new"))
 
 
 def test_the_examples_ship_with_the_package() -> None:
