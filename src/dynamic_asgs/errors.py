@@ -122,12 +122,13 @@ class DocumentError(ValidationError):
 
 
 class RenderRefused(DynamicASGsError):
-    """The renderer refused a token of one container's chains; ``handle`` names the container."""
+    """The renderer refused a token of one container's chains (``handle``), or of a shared chain (``chain``)."""
 
-    def __init__(self, handle: str, cause: Exception) -> None:
+    def __init__(self, handle: str, cause: Exception, *, chain: str | None = None) -> None:
         self.handle = handle
+        self.chain = chain
         self.cause = cause
-        super().__init__(f"container {handle!r}: {cause}")
+        super().__init__(f"shared chain {chain}: {cause}" if chain else f"container {handle!r}: {cause}")
 
 
 class StoreError(DynamicASGsError):

@@ -43,6 +43,7 @@ from release_helpers import (
     render_group_job,
 )
 
+from dynamic_asgs.asg.translate import ChainLayout
 from support.env import require_tools
 
 PEM = "-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----"
@@ -170,11 +171,14 @@ def test_defaults_keep_the_go_jobs_meanings_on_ports_of_their_own(tmp_path: Path
     assert agent.policy_server_url == "https://policy-server.service.cf.internal:4013"
     assert agent.fingerprint_file == Path("/var/vcap/data/dynamic-asgs-agent/chain-fingerprints.json")
     assert (agent.settle_seconds, agent.watch_seconds, agent.verify_interval) == (10, 60, 60)
+    assert agent.chains.layout is ChainLayout.SHARED
     tuned = check_loads("dynamic-asgs-agent", render_job(
         JOBS / "dynamic-asgs-agent", {**REQUIRED["dynamic-asgs-agent"], "new_container_settle_seconds": 3,
-                                      "new_container_watch_seconds": 120, "kernel_verify_interval_seconds": 300}),
+                                      "new_container_watch_seconds": 120, "kernel_verify_interval_seconds": 300,
+                                      "asg_chain_layout": "per-container"}),
         tmp_path / "tuned")
     assert (tuned.settle_seconds, tuned.watch_seconds, tuned.verify_interval) == (3, 120, 300)
+    assert tuned.chains.layout is ChainLayout.PER_CONTAINER
     server = check_loads("dynamic-asgs-policy-server", render_job(
         JOBS / "dynamic-asgs-policy-server", REQUIRED["dynamic-asgs-policy-server"]), tmp_path)
     assert (server.port, server.health_port, server.database.timeout) == (4013, 31947, 120)

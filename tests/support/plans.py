@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
 import json
 import random
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dynamic_asgs.agent.dataplane import Dataplane
 from dynamic_asgs.asg.model import Container, SecurityGroup, Workload
 from dynamic_asgs.asg.parse import parse_groups_document
-from dynamic_asgs.asg.translate import ChainSettings, ContainerChains, GroupIndex, plan_container
+from dynamic_asgs.asg.translate import ChainLayout, ChainSettings, ContainerChains, GroupIndex, plan_container
 from dynamic_asgs.iptables.render import HASH_RE
 from dynamic_asgs.iptables.runner import Runner
 from dynamic_asgs.lager import Logger
@@ -32,9 +34,27 @@ def container(handle: str, space: str, *, index: int = 1, workload: str = "app")
                      workload=Workload.of(workload), raw_workload=workload, ipv6=f"fd00:255:{index}::2")
 
 
+_layout: ChainLayout | None = None
+
+
+@contextlib.contextmanager
+def layout(chosen: ChainLayout) -> Iterator[None]:
+    """Plan every container with ``chosen`` layout (suites that run under both layouts)."""
+    global _layout
+    _layout = chosen
+    try:
+        yield
+    finally:
+        _layout = None
+
+
 def plan(c: Container, groups: GroupIndex | Sequence[SecurityGroup],
          settings: ChainSettings | None = None) -> ContainerChains:
-    planned = plan_container(c, groups, settings or ChainSettings())
+    """``c``'s chains; in the layout :func:`layout` chose, if any, else the one ``settings`` say."""
+    settings = settings or ChainSettings()
+    if _layout is not None:
+        settings = dataclasses.replace(settings, layout=_layout)
+    planned = plan_container(c, groups, settings)
     assert planned is not None
     return planned
 

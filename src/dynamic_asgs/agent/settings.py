@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dynamic_asgs.asg.translate import ChainSettings, ConnLimit, DenyNetworks
+from dynamic_asgs.asg.translate import ChainLayout, ChainSettings, ConnLimit, DenyNetworks
 from dynamic_asgs.config import load_config, load_schema
 from dynamic_asgs.errors import ConfigError
 
@@ -121,6 +121,7 @@ def load_settings(path: str | Path) -> AgentSettings:
         denied_logs_per_sec=raw["iptables_denied_logs_per_sec"],
         accepted_udp_logs_per_sec=raw["iptables_accepted_udp_logs_per_sec"],
         conn_limit=limit,
+        layout=ChainLayout(raw["asg_chain_layout"]),
     )
     return AgentSettings(
         source=f"{raw['log_prefix']}.vxlan-policy-agent" if raw["log_prefix"] else "vxlan-policy-agent",

@@ -16,8 +16,12 @@ agent's dataplane and the ``iptables-save`` reader, so that they cannot disagree
   (:func:`candidate_chain_name`); both are "owned" (:func:`is_owned_chain`);
 * ``netout--<h>--log`` and ``netout--<h>--rl-log`` — its helper log chains
   (:func:`log_chain_name`, :func:`rate_limit_log_chain_name`, :func:`is_helper_chain`);
+* ``asgs-<hash>`` — a shared chain (the ``shared`` layout): one security group's accept
+  rules in one family, named by the hash of its content (:func:`shared_chain_name`,
+  :func:`is_shared_chain`), jumped to by every ASG chain granted them; owned too;
 * all of the above are "tracked": the agent reads their rules and references
-  (:func:`is_tracked_chain`).
+  (:func:`is_tracked_chain`). Helper and shared chains are "dependent": they live as
+  long as an ASG chain refers to them (:func:`is_dependent_chain`).
 
 Names keep only a handle's first characters, so two handles can share one: the
 one definition of "a container's chain names" (:func:`chain_names`) and of "two
@@ -27,8 +31,10 @@ that would share) and the agent (which refuses to write a container that would).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
+from collections.abc import Iterable
 
 from dynamic_asgs.asg.model import ANY, IPRange, PortRange
 
@@ -39,6 +45,7 @@ __all__ = [
     "MAX_CHAIN_NAME",
     "NETOUT_PREFIX",
     "OWNED_PREFIXES",
+    "SHARED_PREFIX",
     "TRACKED_PREFIXES",
     "Argv",
     "accept",
@@ -50,9 +57,11 @@ __all__ = [
     "deny_log",
     "deny_network",
     "invalid_drop",
+    "is_dependent_chain",
     "is_helper_chain",
     "is_owned_chain",
     "is_parent_chain",
+    "is_shared_chain",
     "is_tracked_chain",
     "jump",
     "log_chain_name",
@@ -62,6 +71,8 @@ __all__ = [
     "rate_limit_log_chain_rules",
     "reject",
     "related_established",
+    "shared_chain_digest",
+    "shared_chain_name",
 ]
 
 Argv = tuple[str, ...]
@@ -79,8 +90,12 @@ _LOG_SUFFIX = "log"
 _RATE_LIMIT_LOG_SUFFIX = "rl-log"
 #: How a helper log chain's name ends (after its ``netout--`` stem).
 HELPER_SUFFIXES = (f"--{_LOG_SUFFIX}", f"--{_RATE_LIMIT_LOG_SUFFIX}")
-#: ASG chains: what the agent writes and deletes as orphans.
-OWNED_PREFIXES = (ASG_PREFIX, CANDIDATE_PREFIX)
+#: A shared chain: one security group's accept rules, named by their content hash. ``asgs-`` is not
+#: ``asg-``: silk's tools, which own ``asg-*`` names, never take one for a container's chain.
+SHARED_PREFIX = "asgs-"
+_SHARED_DIGEST_LENGTH = 16
+#: Chains the agent writes and deletes as orphans: ASG chains, Go candidates, shared chains.
+OWNED_PREFIXES = (ASG_PREFIX, CANDIDATE_PREFIX, SHARED_PREFIX)
 #: Chains whose rules and references the agent reads back (:mod:`dynamic_asgs.iptables.saved`).
 TRACKED_PREFIXES = (*OWNED_PREFIXES, NETOUT_PREFIX)
 
@@ -114,6 +129,22 @@ def candidate_chain_name(handle: str) -> str:
     return _CANDIDATE_MARK + asg_chain_name(handle)
 
 
+def shared_chain_name(version: int, rules: Iterable[Argv]) -> str:
+    """The shared chain holding ``rules`` in family ``version``: ``asgs-`` + 16 hex digits of their hash.
+
+    The name is the content: two groups with the same rules share one chain, and a chain
+    is never changed in place (new content, new name)."""
+    hasher = hashlib.sha256(f"IPv{version}\n".encode())
+    for argv in rules:
+        hasher.update(("\x1f".join(argv) + "\n").encode())
+    return SHARED_PREFIX + hasher.hexdigest()[:_SHARED_DIGEST_LENGTH]
+
+
+def shared_chain_digest(name: str) -> str:
+    """The content hash a shared chain's name carries (and its first rule's hash comment)."""
+    return name[len(SHARED_PREFIX):]
+
+
 def chain_names(handle: str, *, rate_limit_log: bool = True) -> tuple[str, ...]:
     """Every chain a container's chains may use, referrers first: netout, ASG, log, rate-limit log.
 
@@ -131,8 +162,13 @@ def collide(handle: str, other: str, *, rate_limit_log: bool = True) -> bool:
 
 
 def is_owned_chain(name: str) -> bool:
-    """Whether a chain is an ASG chain (ours or a Go agent's candidate ``casg-``)."""
+    """Whether a chain is ours to delete: an ASG chain (or a Go agent's candidate ``casg-``), or a shared chain."""
     return name.startswith(OWNED_PREFIXES)
+
+
+def is_shared_chain(name: str) -> bool:
+    """Whether ``name`` is a shared chain (``asgs-<hash>``)."""
+    return name.startswith(SHARED_PREFIX)
 
 
 def is_tracked_chain(name: str) -> bool:
@@ -143,6 +179,11 @@ def is_tracked_chain(name: str) -> bool:
 def is_helper_chain(name: str) -> bool:
     """Whether ``name`` is a container's ASG log chain (``netout--<h>--log`` or ``--rl-log``)."""
     return name.startswith(NETOUT_PREFIX) and name.endswith(HELPER_SUFFIXES)
+
+
+def is_dependent_chain(name: str) -> bool:
+    """Whether ``name`` lives only while an ASG chain refers to it: a helper log chain or a shared chain."""
+    return is_helper_chain(name) or is_shared_chain(name)
 
 
 def is_parent_chain(name: str) -> bool:

@@ -36,8 +36,8 @@ import hashlib
 import re
 from collections.abc import Iterator
 
-from dynamic_asgs.asg.chains import MAX_CHAIN_NAME, Argv
-from dynamic_asgs.asg.translate import FamilyChains
+from dynamic_asgs.asg.chains import MAX_CHAIN_NAME, Argv, shared_chain_digest
+from dynamic_asgs.asg.translate import Chain, FamilyChains
 from dynamic_asgs.errors import UnsafeToken
 
 __all__ = [
@@ -211,22 +211,32 @@ class Renderer:
         return hashlib.sha256(b"".join(parts)).hexdigest()[:16]
 
     def rules(self, family: FamilyChains, digest: str) -> Iterator[str]:
-        """Every ``-A`` line of ``family`` (ASG, helpers, then parent), hash comments included."""
+        """Every ``-A`` line of ``family``'s own chains (ASG, helpers, then parent), hash comments included."""
         if not _DIGEST.fullmatch(digest):
             raise UnsafeToken(digest, "a content hash is 16 hex digits")
-        tag = f" -m comment --comment {HASH_COMMENT_PREFIX}{digest} "
         tagged = (family.asg.name, family.parent.name)
-        bodies, body = self._bodies, self.body
         for chain in family.chains:
-            head = f"-A {_chain(chain.name)} "
-            rules = iter(chain.rules)
-            if chain.name in tagged:
-                for argv in rules:  # the first rule only
-                    yield f"-A {chain.name}{tag}{body(argv)}"
-                    break
-            for argv in rules:
-                entry = bodies.get(id(argv))
-                yield head + (entry[1] if entry is not None else body(argv))
+            yield from self._lines(chain, digest if chain.name in tagged else None)
+
+    def shared_rules(self, chain: Chain) -> Iterator[str]:
+        """Every ``-A`` line of a shared chain; its first carries the hash its name holds."""
+        digest = shared_chain_digest(chain.name)
+        if not _DIGEST.fullmatch(digest):
+            raise UnsafeToken(chain.name, "a shared chain's name ends in 16 hex digits")
+        return self._lines(chain, digest)
+
+    def _lines(self, chain: Chain, digest: str | None) -> Iterator[str]:
+        """``chain``'s ``-A`` lines; with ``digest``, the first carries it as a hash comment."""
+        head = f"-A {_chain(chain.name)} "
+        rules = iter(chain.rules)
+        if digest is not None:
+            for argv in rules:  # the first rule only
+                yield f"{head}-m comment --comment {HASH_COMMENT_PREFIX}{digest} {self.body(argv)}"
+                break
+        bodies, body = self._bodies, self.body
+        for argv in rules:
+            entry = bodies.get(id(argv))
+            yield head + (entry[1] if entry is not None else body(argv))
 
 
 def content_hash(family: FamilyChains) -> str:
@@ -235,10 +245,11 @@ def content_hash(family: FamilyChains) -> str:
 
 
 def chain_lines(family: FamilyChains, digest: str | None = None) -> dict[str, list[str]]:
-    """The rule lines of each of ``family``'s chains, hash comments included."""
+    """The rule lines of each of ``family``'s chains, hash comments included: shared chains first."""
     renderer = Renderer()
     digest = digest or renderer.digest(family)
-    out: dict[str, list[str]] = {chain.name: [] for chain in family.chains}
+    out: dict[str, list[str]] = {chain.name: list(renderer.shared_rules(chain)) for chain in family.shared}
+    out.update((chain.name, []) for chain in family.chains)
     for line in renderer.rules(family, digest):
         out[line[3 : line.index(" ", 3)]].append(line)
     return out

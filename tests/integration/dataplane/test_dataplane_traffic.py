@@ -2,7 +2,8 @@
 
 Each container gets one kind of rule; probes from its namespace to listeners in
 destination namespaces must connect exactly where its rules allow, and be
-refused everywhere else.
+refused everywhere else. Every case runs in both chain layouts (issue 16); a second
+container of the ``ports`` space shares that space's chain in the shared layout.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 import pytest
 
 from dynamic_asgs.asg import chains
-from dynamic_asgs.asg.translate import ChainSettings, DenyNetworks
+from dynamic_asgs.asg.translate import ChainLayout, ChainSettings, DenyNetworks
+from support import plans as planning
 from support.cell import Cell, cell
 from support.env import IPTABLES_BACKENDS, require_backend
 from support.plans import container, dataplane, groups_for, plan
@@ -40,15 +42,18 @@ SPACES: dict[str, list[dict[str, Any]]] = {
              {"protocol": "udp", "destination": "fd00:198::11", "ports": "53"},
              {"protocol": "icmpv6", "destination": "fd00:198::12", "type": 128, "code": -1}],
 }
-HANDLES = [*SPACES, "other"]
+TWIN = "ports-twin"  # in the "ports" space too
+HANDLES = [*SPACES, TWIN, "other"]
 DENY = ChainSettings(deny_networks=DenyNetworks(running=(ipaddress.ip_network("198.18.1.0/29"),)))
 LOGGING = ChainSettings(asg_logging=True)
 
 
-@pytest.fixture(scope="module", params=IPTABLES_BACKENDS)
+@pytest.fixture(scope="module", params=[(b, layout) for b in IPTABLES_BACKENDS for layout in ChainLayout],
+                ids=lambda p: f"{p[0]}-{p[1]}")
 def traffic(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cell]:
-    require_backend(request.param)
-    with cell(request.param, Path(tmp_path_factory.mktemp("cell"))) as c:
+    backend, layout = request.param
+    require_backend(backend)
+    with planning.layout(layout), cell(backend, Path(tmp_path_factory.mktemp("cell"))) as c:
         c.add_destination("d1", [f"{D}{i}" for i in range(1, 13)] + ["fd00:198::11", "fd00:198::12"],
                           tcp=[80, 443, 999, 1000, 1500, 2000, 2001, 8080], udp=[53, 1500, 5353])
         groups = groups_for(SPACES)
@@ -58,17 +63,20 @@ def traffic(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             c.hook(handle)
             settings = DENY if handle == "deny" else LOGGING if handle == "logged" else ChainSettings()
             workload = "other" if handle == "other" else "app"
-            plans[handle] = plan(container(handle, handle, index=i, workload=workload), groups, settings)
+            space = "ports" if handle == TWIN else handle
+            plans[handle] = plan(container(handle, space, index=i, workload=workload), groups, settings)
         dp, _ = dataplane(c.runners())
         report = dp.apply(plans)
         assert report.ok and sorted(report.changed) == sorted(HANDLES)
+        shared = plans["ports"].v4.shared
+        assert shared == plans[TWIN].v4.shared and bool(shared) is (layout is ChainLayout.SHARED)
         yield c
 
 
 ALLOWED = [
     ("ports", "tcp", D + "1", 80), ("ports", "tcp", D + "1", 443), ("ports", "tcp", D + "2", 1000),
     ("ports", "tcp", D + "2", 1500), ("ports", "tcp", D + "2", 2000), ("ports", "udp", D + "1", 53),
-    ("ports", "udp", D + "1", 1500),
+    ("ports", "udp", D + "1", 1500), (TWIN, "tcp", D + "1", 443), (TWIN, "udp", D + "1", 53),
     *[("dests", "tcp", D + str(i), 80) for i in (1, 2, 3, 5, 6, 8, 10)],
     ("icmp", "icmp", D + "1", 0), ("icmp", "icmp", D + "2", 0), ("icmp", "icmp", D + "5", 0),
     ("all", "tcp", D + "1", 80), ("all", "tcp", D + "1", 8080), ("all", "udp", D + "1", 5353),
@@ -81,6 +89,7 @@ REFUSED = [
     ("ports", "tcp", D + "1", 8080), ("ports", "tcp", D + "2", 999), ("ports", "tcp", D + "2", 2001),
     ("ports", "tcp", D + "2", 80), ("ports", "udp", D + "1", 5353), ("ports", "udp", D + "2", 53),
     ("ports", "tcp", D + "3", 80), ("ports", "icmp", D + "1", 0), ("ports", "tcp", "fd00:198::11", 80),
+    (TWIN, "tcp", D + "1", 8080), (TWIN, "tcp", D + "3", 80),
     *[("dests", "tcp", D + str(i), 80) for i in (4, 7, 9, 11)], ("dests", "tcp", D + "1", 443),
     ("icmp", "icmp", D + "3", 0), ("icmp", "icmp", D + "4", 0), ("icmp", "icmp", D + "6", 0),
     ("icmp", "tcp", D + "1", 80),

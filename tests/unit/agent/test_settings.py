@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from dynamic_asgs.agent.settings import load_settings
+from dynamic_asgs.asg.translate import ChainLayout
 from dynamic_asgs.errors import ConfigError
 
 # What silk-release's job template renders (vxlan-policy-agent.json.erb), plus nothing of ours.
@@ -48,6 +49,7 @@ def test_a_silk_config_loads(tmp_path: Path) -> None:
     assert s.chains.deny_networks.always == (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fd00::/8"))
     assert (s.debug_host, s.force_host, s.force_port) == ("127.0.0.1", "127.0.0.1", 8722)
     assert s.loggregator is None and s.commands[4] == ("iptables-restore", "iptables-save")
+    assert s.chains.layout is ChainLayout.SHARED  # silk's configs have no layout: ours is the default
 
 
 @pytest.mark.parametrize(
@@ -62,6 +64,7 @@ def test_a_silk_config_loads(tmp_path: Path) -> None:
         ({"debug_server_host": "0.0.0.0"}, "$.debug_server_host: '0.0.0.0' is not one of"),
         ({"loggregator": {"loggregator_use_v2_api": True}}, "$.loggregator.loggregator_ca_path: is required"),
         ({"outbound_connections": {"limit": True, "rate_per_sec": 0}}, "$.outbound_connections.rate_per_sec: 0 is"),
+        ({"asg_chain_layout": "flat"}, "$.asg_chain_layout: 'flat' is not one of ['shared', 'per-container']"),
     ],
 )
 def test_bad_keys_are_named(tmp_path: Path, change: dict[str, Any], message: str) -> None:

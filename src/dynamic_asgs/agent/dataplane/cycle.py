@@ -12,6 +12,9 @@ Goals and the mechanism serving each:
     complete rules; the restore is atomic) and the rest is retried at once; the
     cache stays valid, because a refused restore changed nothing and the line did
     not depend on what we believed about the kernel;
+  - a container's jump to a shared chain: the container is dropped and the cache
+    too (it believed the shared chain existed);
+  - a shared chain's line: every container jumping to it is dropped this cycle;
   - the ``-F`` guard of a parent: the parent is missing; the container waits for
     it (:mod:`.settle`). If the cache believed the parent existed, the cache is
     dropped and the table read again before the retry;
@@ -42,7 +45,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import assert_never
 
-from dynamic_asgs.asg.translate import FamilyChains
+from dynamic_asgs.asg.translate import Chain, FamilyChains
 from dynamic_asgs.errors import IptablesError, LockTimeout, RestoreError
 from dynamic_asgs.iptables.render import Renderer
 from dynamic_asgs.iptables.runner import Runner
@@ -189,9 +192,9 @@ class FamilyCycle:
                 break
             cls = self._classify(kernel, scope)
             sweep = self._sweep(kernel, cls, scope)
-            if not cls.writes and sweep.empty:
+            if not cls.writes and not cls.shared and sweep.empty:
                 continue
-            payload = Payload(self._version, cls.writes, sweep.closes, sweep.deletes, self._renderer)
+            payload = Payload(self._version, cls.writes, sweep.closes, sweep.deletes, self._renderer, cls.shared)
             started = time.monotonic()
             try:
                 stats = self._state.runner.restore(payload)
@@ -201,7 +204,8 @@ class FamilyCycle:
                 continue
             except RenderRefused as exc:
                 self._count(time.monotonic() - started, committed=0)
-                self._set(exc.handle, Outcome.FAILED, str(exc))
+                for handle in self._users(cls, exc.chain) if exc.chain else (exc.handle,):
+                    self._set(handle, Outcome.FAILED, str(exc))
                 queue.insert(0, scope)
                 continue
             except IptablesError as exc:
@@ -210,7 +214,7 @@ class FamilyCycle:
                 break
             self._count(stats.seconds, committed=stats.lines)
             self._waited(stats.lock_wait)
-            self._committed(kernel, payload.resolved(), sweep)
+            self._committed(kernel, payload.resolved(), sweep, cls.shared)
         if self._state.cache.table is not None:
             self._state.cache.table.end_cycle()
         return self._result()
@@ -288,7 +292,7 @@ class FamilyCycle:
             self._deferred = dict(sweep.deferred)
         return sweep
 
-    def _committed(self, kernel: KernelTable, writes: list[Write], sweep: Sweep) -> None:
+    def _committed(self, kernel: KernelTable, writes: list[Write], sweep: Sweep, shared: Iterable[Chain]) -> None:
         applied = self._state.applied
         for w in writes:
             assert w.digest is not None
@@ -303,7 +307,7 @@ class FamilyCycle:
             self._outcome[w.handle] = Outcome.CHANGED
             watch = self._last.watch.get(w.handle) if self._last is not None else None
             self._state.settler.written(w.handle, self._now, watch=watch is True, once=watch is False)
-        kernel.commit(writes, sweep.closes, sweep.deletes)
+        kernel.commit(writes, sweep.closes, sweep.deletes, tuple(shared))
         self._deleted += sweep.deletes
         self._closed += sweep.closes
 
@@ -320,6 +324,15 @@ class FamilyCycle:
         match kind:
             case OwnerKind.WRITE:
                 self._set(name, Outcome.FAILED, str(exc))
+                return [scope]
+            case OwnerKind.LINK:
+                self._set(name, Outcome.FAILED, str(exc))
+                cache.invalidate(f"a restore refused container {name}'s jump to a shared chain the cache believed "
+                                 "to exist")
+                return [scope]
+            case OwnerKind.SHARED:
+                for handle in self._users(cls, name):
+                    self._set(handle, Outcome.FAILED, f"shared chain {name}: {exc}")
                 return [scope]
             case OwnerKind.GUARD:
                 parent = self._wanted[name].parent.name
@@ -360,6 +373,11 @@ class FamilyCycle:
                 self._exclude_chains.update(sweep.deletes)
                 self._deferred.update(dict.fromkeys(sweep.deletes, f"deletion refused: {reason}"))
         return scopes
+
+    @staticmethod
+    def _users(cls: Classified, chain: str) -> list[str]:
+        """The written containers that jump to shared chain ``chain``."""
+        return [w.handle for w in cls.writes if any(c.name == chain for c in w.family.shared)]
 
     def _abandon(self, reason: str) -> None:
         last = self._last

@@ -77,8 +77,11 @@ def _family(plan: ContainerChains, version: int) -> FamilyChains | None:
 
 
 def _orphans_except(keep: Collection[str]) -> Callable[[KernelTable], list[str]]:
-    """Every owned chain of the table not in ``keep``."""
-    return lambda kernel: [c for c in kernel.owned() if c not in keep]
+    """Every owned chain of the table not in ``keep``; shared chains only when nothing refers to them.
+
+    A shared chain still referred to goes with its last user (:mod:`.sweep`), never before."""
+    return lambda kernel: [c for c in kernel.owned() if c not in keep
+                           and not (chains.is_shared_chain(c) and kernel.referrers.get(c))]
 
 
 def _present(names: Collection[str]) -> Callable[[KernelTable], list[str]]:
@@ -158,7 +161,8 @@ class Dataplane:
         for version, state in self._states.items():
             wanted = {h: f for h, p in desired.items() if (f := _family(p, version)) is not None
                       and h not in refused}
-            names = {f.asg.name for f in wanted.values()} | kept_names
+            names = {f.asg.name for f in wanted.values()} | {c.name for f in wanted.values() for c in f.shared}
+            names |= kept_names
             spec = SweepSpec(_orphans_except(names), protected) if complete else None
             runs[version] = self._run(state, wanted, renderer, now, spec, adopt_only=adopt_only)
             if complete:

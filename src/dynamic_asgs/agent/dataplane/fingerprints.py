@@ -4,8 +4,9 @@ A fingerprint (:attr:`dynamic_asgs.iptables.saved.ChainInfo.fingerprint`) is a h
 a chain's text as ``iptables-save`` prints it. The agent learns it from the first
 whole-table read after it writes a chain; without this file a restarted agent would
 learn whatever the table holds, an in-place edit included. The file maps, per IP
-family, each chain to the content hash it was taken with and the fingerprint; a kept
-fingerprint is used only for a chain that still carries the same content hash.
+family, each chain to the content hash it was taken with (a container's, or a shared
+chain's own) and the fingerprint; a kept fingerprint is used only for a chain that still
+carries the same content hash.
 
 The file lives on the cell's ephemeral disk: a recreated VM (new stemcell, new
 iptables) starts without it and learns afresh. It is written atomically (temporary
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from dynamic_asgs.lager import Logger
 
-from .table import Applied
+from .table import Applied, chain_digest
 
 __all__ = ["FingerprintFile"]
 
@@ -57,8 +58,8 @@ class FingerprintFile:
 
     def save(self, families: Mapping[int, Mapping[str, Applied]]) -> None:
         """Write the fingerprints of every container whose chains have them (atomically, 0600)."""
-        doc = {"families": {str(v): {name: [a.digest, fp] for a in applied.values() if a.fingerprints
-                                     for name, fp in a.fingerprints.items()}
+        doc = {"families": {str(v): {name: [chain_digest(name, a.digest), fp] for a in applied.values()
+                                     if a.fingerprints for name, fp in a.fingerprints.items()}
                             for v, applied in families.items()}}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,9 +3,11 @@
 Layout, in the order iptables needs it::
 
     *filter
+    :asgs-<hash> - [0:0]        shared chains the writes need that the kernel lacks
     :asg-<h> - [0:0]            ASG and helper (log) chains of every written container:
     :netout--<h>--log - [0:0]   declared, hence created or flushed, in this commit
     :casg-<o> - [0:0]           every chain to delete (flushed, so that -X is legal)
+    -A asgs-<hash> ...          the shared chains' rules
     -F netout--<h>              the CNI's parent chain: flushed, never created
     -A asg-<h> ... / helpers / parent (jump + REJECT)     for every written container
     -F netout--<o>              a parent left without its ASG chain: lone REJECT (fail closed)
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from dynamic_asgs.asg import chains
-from dynamic_asgs.asg.translate import FamilyChains
+from dynamic_asgs.asg.translate import Chain, FamilyChains
 from dynamic_asgs.errors import RenderRefused, ValidationError
 from dynamic_asgs.iptables.render import Renderer, declare
 
@@ -78,6 +80,10 @@ class OwnerKind(StrEnum):
     CLOSE = "close"
     #: The declaration or ``-X`` of a chain to delete; ``name`` is the chain.
     DELETE = "delete"
+    #: The declaration or a rule of a shared chain created (or rewritten); ``name`` is the chain.
+    SHARED = "shared"
+    #: A written container's jump to a shared chain (refused if the chain is missing); ``name`` is the handle.
+    LINK = "link"
     #: ``*filter`` or ``COMMIT``; ``name`` is empty.
     FRAME = "frame"
 
@@ -104,10 +110,12 @@ class Payload:
         closes: Sequence[str] = (),
         deletes: Sequence[str] = (),
         renderer: Renderer | None = None,
+        shared: Sequence[Chain] = (),
     ) -> None:
-        if not (writes or closes or deletes):
+        if not (writes or closes or deletes or shared):
             raise ValueError("an empty restore transaction")
         self.version = version
+        self.shared = tuple(shared)
         self.writes = tuple(writes)
         self.closes = tuple(closes)
         self.deletes = tuple(deletes)
@@ -125,16 +133,26 @@ class Payload:
     def _layout(self) -> int:
         line = 1
         self._mark(line, FRAME)
+        for chain in self.shared:
+            self._mark(line + 1, Owner(OwnerKind.SHARED, chain.name))
+            line += 1
         for w in self.writes:
             self._mark(line + 1, Owner(OwnerKind.WRITE, w.handle))
             line += 1 + len(w.family.helpers)
         for name in self.deletes:
             self._mark(line + 1, Owner(OwnerKind.DELETE, name))
             line += 1
+        for chain in self.shared:
+            self._mark(line + 1, Owner(OwnerKind.SHARED, chain.name))
+            line += len(chain.rules)
         for w in self.writes:
+            family = w.family
             self._mark(line + 1, Owner(OwnerKind.GUARD, w.handle))
             self._mark(line + 2, Owner(OwnerKind.WRITE, w.handle))
-            line += 1 + sum(len(c.rules) for c in w.family.chains)
+            if family.shared:
+                self._mark(line + 2 + family.shared_at, Owner(OwnerKind.LINK, w.handle))
+                self._mark(line + 2 + family.shared_at + len(family.shared), Owner(OwnerKind.WRITE, w.handle))
+            line += 1 + sum(len(c.rules) for c in family.chains)
         for name in self.closes:
             self._mark(line + 1, Owner(OwnerKind.CLOSE_GUARD, name))
             self._mark(line + 2, Owner(OwnerKind.CLOSE, name))
@@ -169,6 +187,11 @@ class Payload:
 
     def __iter__(self) -> Iterator[str]:
         yield "*filter"
+        for chain in self.shared:
+            try:
+                yield declare(chain.name)
+            except ValidationError as exc:
+                raise RenderRefused("", exc, chain=chain.name) from exc
         for w in self.writes:
             try:
                 yield declare(w.family.asg.name)
@@ -178,6 +201,11 @@ class Payload:
                 raise RenderRefused(w.handle, exc) from exc
         for name in self.deletes:
             yield declare(name)
+        for chain in self.shared:
+            try:
+                yield from self._renderer.shared_rules(chain)
+            except ValidationError as exc:
+                raise RenderRefused("", exc, chain=chain.name) from exc
         rules = self._renderer.rules
         for w in self.writes:
             try:

@@ -3,10 +3,12 @@
 Goals and the mechanism serving each:
 
 * **No leftovers** — an ASG chain (``asg-``, or a Go agent's candidate ``casg-``)
-  that no wanted container owns is an orphan and is deleted. So are our helper
-  log chains (``netout--…--log``, ``netout--…--rl-log``) that a deleted or
-  rewritten ASG chain used to reference and that nothing references any more
-  (the Go agent deletes its ASG chain's jump targets the same way).
+  that no wanted container owns is an orphan and is deleted. So are our dependent
+  chains — helper log chains (``netout--…--log``, ``netout--…--rl-log``) and shared
+  chains (``asgs-``) — that a deleted or rewritten ASG chain used to reference and
+  that nothing references any more (the Go agent deletes its ASG chain's jump
+  targets the same way): a shared chain goes in the commit that moves its last
+  user away. A chain a write of this commit jumps to is never deleted.
 * **Never leave a container's egress open** — ``-X`` needs every reference gone
   in the same commit. A reference from a parent ``netout--`` chain whose container
   is not written in this transaction is removed by setting that parent to a lone
@@ -24,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from dynamic_asgs.asg.chains import is_helper_chain, is_parent_chain
+from dynamic_asgs.asg.chains import is_dependent_chain, is_owned_chain, is_parent_chain
 
 from .payload import Write
 from .table import KernelTable, family_targets
@@ -60,8 +62,10 @@ def plan_sweep(
     closed; ``exclude`` are chains not to touch in this transaction.
     """
     rewritten = {name: t for w in writes for name, t in family_targets(w.family).items()}
+    needed = {t for targets in rewritten.values() for t in targets}
     out = Sweep()
-    deletes = {c for c in candidates if c in kernel.info and c not in exclude and c not in rewritten}
+    deletes = {c for c in candidates
+               if c in kernel.info and c not in exclude and c not in rewritten and c not in needed}
     closes: set[str] = set()
 
     def unlinked(chain: str, referrer: str) -> bool:
@@ -78,20 +82,21 @@ def plan_sweep(
                 if is_parent_chain(referrer) and referrer not in protected and referrer not in exclude:
                     closes.add(referrer)
                     continue
-                why = "its container is wanted but not written this cycle" if is_parent_chain(referrer) else "not ours"
+                why = ("its container is wanted but not written this cycle" if is_parent_chain(referrer)
+                       else "its container keeps it until written" if is_owned_chain(referrer) else "not ours")
                 out.deferred[orphan] = f"referenced by {referrer} ({why})"
                 deletes.discard(orphan)
                 changed = True
                 break
     helpers: set[str] = set()
     for orphan in deletes:
-        helpers.update(t for t in kernel.info[orphan].targets if is_helper_chain(t))
+        helpers.update(t for t in kernel.info[orphan].targets if is_dependent_chain(t))
     for name, new_targets in rewritten.items():
         old = kernel.info.get(name)
         if old is not None:
-            helpers.update(t for t in old.targets if is_helper_chain(t) and t not in new_targets)
+            helpers.update(t for t in old.targets if is_dependent_chain(t) and t not in new_targets)
     for helper in sorted(helpers):
-        if helper in rewritten or helper in exclude or helper not in kernel.info:
+        if helper in rewritten or helper in needed or helper in exclude or helper not in kernel.info:
             continue
         refs = kernel.referrers.get(helper, set())
         if all(r in closes or unlinked(helper, r) for r in refs):

@@ -36,6 +36,13 @@ Goals and the mechanism serving each:
   of its saved text. The first one read after our write is learned (or taken from
   the fingerprints kept across restarts, see :mod:`.fingerprints`); a chain whose
   fingerprint changes later was edited behind our back, and is rewritten.
+* **Shared chains are content, not state** (issue 16) — a shared chain's name is the
+  hash of its rules, so it is never changed in place: a container whose groups change
+  jumps to a new chain, created in the same restore if the kernel lacks it
+  (:attr:`Classified.shared`), and the old one goes when its last user does
+  (:mod:`.sweep`). A container is intact only if the shared chains it jumps to are
+  (:meth:`KernelTable.matches`); their fingerprints are part of each user's, so an edit
+  of one is found in every container it serves, and repaired by rewriting it with them.
 """
 
 from __future__ import annotations
@@ -44,8 +51,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from dynamic_asgs.asg.chains import is_owned_chain
-from dynamic_asgs.asg.translate import FamilyChains
+from dynamic_asgs.asg.chains import is_owned_chain, is_shared_chain, shared_chain_digest
+from dynamic_asgs.asg.translate import Chain, FamilyChains
 from dynamic_asgs.iptables.render import Renderer
 from dynamic_asgs.iptables.saved import ChainInfo, SavedTable
 from dynamic_asgs.lager import Logger
@@ -53,8 +60,8 @@ from dynamic_asgs.lager import Logger
 from .payload import Write
 from .settle import Settler
 
-__all__ = ["Applied", "Classified", "KernelCache", "KernelTable", "Parent", "classify", "family_targets",
-           "same_content"]
+__all__ = ["Applied", "Classified", "KernelCache", "KernelTable", "Parent", "chain_digest", "classify",
+           "family_targets", "same_content"]
 
 Fingerprints = dict[str, str]
 
@@ -87,15 +94,24 @@ class Applied:
 
 
 def family_targets(family: FamilyChains) -> dict[str, tuple[str, ...]]:
-    """Each chain of ``family`` -> the tracked chains it jumps or goes to.
+    """Each chain ``family`` owns -> the tracked chains it jumps or goes to.
 
     Read from the plan's structure rather than from its million argv: the parent
     jumps to the ASG chain, the ASG chain to its helpers (``plan_container`` adds a
-    helper exactly when a rule of the ASG chain goes to it), helpers to nothing.
+    helper exactly when a rule of the ASG chain goes to it) and its shared chains,
+    helpers to nothing.
     """
-    out = {family.asg.name: tuple(h.name for h in family.helpers), family.parent.name: (family.asg.name,)}
+    out = {family.asg.name: (*(h.name for h in family.helpers), *(c.name for c in family.shared)),
+           family.parent.name: (family.asg.name,)}
     out.update((h.name, ()) for h in family.helpers)
     return out
+
+
+def chain_digest(name: str, digest: str) -> str:
+    """The content hash chain ``name`` of a container whose chains hash to ``digest`` was taken with.
+
+    A shared chain's is its own (its name), whichever container it serves."""
+    return shared_chain_digest(name) if is_shared_chain(name) else digest
 
 
 class KernelTable:
@@ -166,12 +182,18 @@ class KernelTable:
             found = info.get(helper.name)
             if found is None or found.rules != len(helper.rules):
                 return False
-        return True
+        return all(self.holds(chain) for chain in family.shared)
+
+    def holds(self, shared: Chain) -> bool:
+        """Whether the kernel holds shared chain ``shared`` (its hash comment and rule count)."""
+        found = self.info.get(shared.name)
+        return (found is not None and found.rules == len(shared.rules)
+                and found.digest == shared_chain_digest(shared.name))
 
     def fingerprints(self, family: FamilyChains) -> Fingerprints | None:
-        """The fingerprints of ``family``'s chains as last read whole (None if any is unknown)."""
+        """The fingerprints of the chains ``family`` traverses as last read whole (None if any is unknown)."""
         out: Fingerprints = {}
-        for chain in family.chains:
+        for chain in family.enforcing:
             found = self.info.get(chain.name)
             if found is None or found.fingerprint is None:
                 return None
@@ -182,8 +204,11 @@ class KernelTable:
         """Every ASG chain in the table (ours, ``asg-``, and Go candidates, ``casg-``)."""
         return [name for name in self.info if is_owned_chain(name)]
 
-    def commit(self, writes: Collection[Write], closes: Collection[str], deletes: Collection[str]) -> None:
+    def commit(self, writes: Collection[Write], closes: Collection[str], deletes: Collection[str],
+               shared: Collection[Chain] = ()) -> None:
         """Record what a successful restore did."""
+        for chain in shared:
+            self._set(chain.name, ChainInfo(shared_chain_digest(chain.name), len(chain.rules), ()))
         for w in writes:
             targets = family_targets(w.family)
             for chain in w.family.chains:
@@ -249,6 +274,7 @@ def same_content(a: FamilyChains, b: FamilyChains) -> bool:
         and a.parent.name == b.parent.name
         and a.parent.rules == b.parent.rules
         and a.helpers == b.helpers
+        and a.shared == b.shared
     )
 
 
@@ -262,6 +288,8 @@ class Classified:
     """
 
     writes: tuple[Write, ...] = ()
+    #: Shared chains the writes need that the kernel lacks (or that are rewritten with a drifted user).
+    shared: tuple[Chain, ...] = ()
     adopted: tuple[str, ...] = ()
     unchanged: int = 0
     #: Handles waiting for their parent chain, with the reason.
@@ -319,11 +347,20 @@ class _Found:
         self.skipped[handle] = reason
         self.waits.add(handle)
 
-    def freeze(self) -> Classified:
+    def freeze(self, kernel: KernelTable) -> Classified:
         return Classified(
-            tuple(self.writes), tuple(self.adopted), self.unchanged, self.skipped, tuple(self.pending), self.drifted,
-            self.watch, tuple(self.learned), self.records, frozenset(self.settled), frozenset(self.verified),
-            frozenset(self.waits), frozenset(self.seen))
+            tuple(self.writes), self._shared(kernel), tuple(self.adopted), self.unchanged, self.skipped,
+            tuple(self.pending), self.drifted, self.watch, tuple(self.learned), self.records,
+            frozenset(self.settled), frozenset(self.verified), frozenset(self.waits), frozenset(self.seen))
+
+    def _shared(self, kernel: KernelTable) -> tuple[Chain, ...]:
+        """The shared chains to write: those the writes jump to that the kernel lacks, or drifted users'."""
+        out: dict[str, Chain] = {}
+        for w in self.writes:
+            for chain in w.family.shared:
+                if chain.name not in out and (w.handle in self.drifted or not kernel.holds(chain)):
+                    out[chain.name] = chain
+        return tuple(out.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +382,7 @@ def _drift(family: FamilyChains, kernel: KernelTable, known: Fingerprints | None
     """Which chain of ``family`` differs from the fingerprints ``known``; None if none (or nothing to compare)."""
     if known is None or not kernel.fresh:
         return None
-    for chain in family.chains:
+    for chain in family.enforcing:
         found = kernel.info.get(chain.name)
         if found is not None and found.fingerprint is not None and known.get(chain.name) not in (
                 None, found.fingerprint):
@@ -356,9 +393,9 @@ def _drift(family: FamilyChains, kernel: KernelTable, known: Fingerprints | None
 def _baseline(family: FamilyChains, digest: str, baseline: Mapping[str, tuple[str, str]]) -> Fingerprints | None:
     """Fingerprints kept across restarts for ``family``, when they were taken of the same content."""
     out: Fingerprints = {}
-    for chain in family.chains:
+    for chain in family.enforcing:
         kept = baseline.get(chain.name)
-        if kept is None or kept[0] != digest:
+        if kept is None or kept[0] != chain_digest(chain.name, digest):
             return None
         out[chain.name] = kept[1]
     return out
@@ -405,7 +442,7 @@ def classify(
                 out.pending.append(handle)
             else:
                 out.writes.append(Write(handle, family, digest))
-    return out.freeze()
+    return out.freeze(kernel)
 
 
 def _keep(

@@ -172,10 +172,12 @@ def test_drift_while_the_agent_was_down_is_repaired_with_a_fingerprint_file(tmp_
     dp.invalidate()
     assert dp.apply({"a": planned("a")}).families[4].learned == 1 and kept.stat().st_mode & 0o777 == 0o600
     table = cell.runners[4].table
-    table.chains["asg-a"] = [r.replace("10.0.0.1-10.0.0.1", "0.0.0.0-255.255.255.255") for r in table.rules("asg-a")]
+    edited = next(c for c in table.user_chains() if any("10.0.0.1-10.0.0.1" in r for r in table.rules(c)))
+    assert edited == (planned("a").v4.shared[0].name if planned("a").v4.shared else "asg-a")
+    table.chains[edited] = [r.replace("10.0.0.1-10.0.0.1", "0.0.0.0-255.255.255.255") for r in table.rules(edited)]
     restarted, log = dataplane(cell.runners, fingerprint_file=kept)
     report = restarted.apply({"a": planned("a")})
-    assert "asg-a was edited in place" in report.drifted["a"] and report.changed == ("a",)
+    assert f"{edited} was edited in place" in report.drifted["a"] and report.changed == ("a",)
     assert cell.holds(planned("a")) and log_events(log, "chain-drift-repaired")
     without, _ = dataplane(cell.runners)  # no file: an edit made while down would be learned, not found
     assert without.apply({"a": planned("a")}).adopted == ("a",)

@@ -50,9 +50,11 @@ def _check(cell: FakeCell, desired: dict[str, ContainerChains], live: set[str]) 
         table = runner.table
         parents = {c for c in table.user_chains() if c.startswith("netout--") and not c.endswith("-log")}
         assert parents == {chains.netout_chain_name(h) for h in live}  # never creates a parent
-        wanted = {p.v4.asg.name if version == 4 else p.v6.asg.name for h, p in desired.items()
-                  if h in live and (version == 4 or p.v6 is not None)}
+        families = [f for h, p in desired.items() if h in live for f in p.families if f.version == version]
+        wanted = {f.asg.name for f in families} | {c.name for f in families for c in f.shared}
         assert set(cell.owned(version)) <= wanted | {chains.asg_chain_name(h) for h in desired}
+        for name in cell.owned(version):  # a shared chain goes with its last user
+            assert not chains.is_shared_chain(name) or table.referrers(name), name
         for handle in live:
             plan_ = desired.get(handle)
             family = None if plan_ is None else plan_.v4 if version == 4 else plan_.v6
