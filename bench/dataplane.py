@@ -31,7 +31,10 @@ For every cell it measures, side by side in one run:
 
 It prints one table and writes a PNG (cycle time against rules per cell, log
 scale). The benchmark is also where the dataplane's choice for parents not
-known to exist was measured: see ``--probe``.
+known to exist was measured: see ``--probe``. ``--layouts`` compares the two chain
+layouts instead, on realistic cells (:mod:`layouts`)::
+
+    .venv/bin/python bench/dataplane.py --layouts [--models realistic,1M] [--backends legacy,nft]
 """
 
 from __future__ import annotations
@@ -422,16 +425,32 @@ def main() -> None:
     parser.add_argument("--backends", default="legacy,nft")
     parser.add_argument("--plot", default=str(OUT / "dataplane.png"))
     parser.add_argument("--probe", action="store_true", help="measure the ways to check a parent chain instead")
+    parser.add_argument("--layouts", action="store_true",
+                        help="compare the per-container and shared chain layouts on realistic cells instead")
+    parser.add_argument("--models", default="realistic,1M", help="with --layouts: the cell models")
+    parser.add_argument("--layouts-plot", default=str(ROOT / "docs" / "img" / "chain-layouts.png"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--layout-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.layout_worker:
+        import layouts
+
+        print(json.dumps(layouts.layout_worker(json.loads(args.layout_worker))))
         return
     if os.geteuid() != 0:
         sys.exit("bench/dataplane.py: run as root (it creates network namespaces)")
     OUT.mkdir(parents=True, exist_ok=True)
     sizes = [int(s) for s in args.sizes.split(",")]
     backends = args.backends.split(",")
+    if args.layouts:
+        import layouts
+
+        Path(args.layouts_plot).parent.mkdir(parents=True, exist_ok=True)
+        layouts.compare(backends, args.models.split(","), Path(args.layouts_plot), OUT)
+        return
     if args.probe:
         for backend in backends:
             for size in sizes:

@@ -3,7 +3,9 @@
 Reads a security groups document (a CC ``/v3/security_groups`` listing or a policy
 server answer; JSON or YAML) and one container store entry, and prints the
 container's chains in ``iptables-save`` format, one ``*filter`` section per
-family that has rules: exactly what the agent writes, hash comments included.
+family that has rules: exactly what the agent writes, hash comments included, in the
+agent's default ``shared`` layout (the shared chains first) or, with ``--layout
+per-container``, in silk's.
 A store entry whose values do not match their grammar (:mod:`dynamic_asgs.asg.grammar`)
 is refused with exit 2, and every line, comments too, comes from the renderer, which
 refuses any token that could leave its line (issue 13: a newline in a workload once
@@ -23,7 +25,14 @@ import yaml
 
 from dynamic_asgs.asg.model import SecurityGroup
 from dynamic_asgs.asg.parse import parse_container, parse_groups_document
-from dynamic_asgs.asg.translate import ChainSettings, ConnLimit, ContainerChains, DenyNetworks, plan_container
+from dynamic_asgs.asg.translate import (
+    ChainLayout,
+    ChainSettings,
+    ConnLimit,
+    ContainerChains,
+    DenyNetworks,
+    plan_container,
+)
 from dynamic_asgs.errors import InputError, ValidationError
 from dynamic_asgs.iptables.render import content_hash, family_lines, remark
 
@@ -46,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="limit new outbound TCP connections per second (silk's outbound_connections)")
     parser.add_argument("--outbound-conn-logging", action="store_true",
                         help="log connections refused by the outbound limit")
+    parser.add_argument("--layout", choices=[str(layout) for layout in ChainLayout], default=str(ChainLayout.SHARED),
+                        help="the agent's asg_chain_layout (default: shared; per-container is silk's layout)")
     parser.add_argument("--family", choices=("4", "6"), help="print only this family (to pipe into a restore)")
     parser.add_argument("--strict", action="store_true", help="exit 2 if any rule fails validation")
 
@@ -99,6 +110,7 @@ def settings_from_args(args: argparse.Namespace) -> ChainSettings:
         denied_logs_per_sec=args.denied_logs_per_sec,
         accepted_udp_logs_per_sec=args.accepted_udp_logs_per_sec,
         conn_limit=limit,
+        layout=ChainLayout(args.layout),
     )
 
 

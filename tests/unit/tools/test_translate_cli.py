@@ -27,6 +27,17 @@ def test_prints_save_format_with_one_section_per_family(tmp_path: Path) -> None:
     assert "rules[1]: destination: '10.0.0.x' is not an IP address (rule dropped" in err
 
 
+def test_the_layout_is_the_agents_default_or_silks(tmp_path: Path) -> None:
+    status, shared, _ = translate(tmp_path, GROUPS, store_entry("h1"))
+    assert status == 0 and shared.count(":asgs-") == 1  # the group's chain, declared first
+    chain = shared.split(":asgs-", 1)[1].split()[0]
+    assert f"-A asgs-{chain} -m comment --comment dasg:{chain} -m iprange -p tcp --dst-range 10.0.0.1-10.0.0.1" in shared
+    assert f"-A asg-h1 -j asgs-{chain}" in shared and "-A asg-h1 -m iprange" not in shared
+    status, silk, _ = translate(tmp_path, GROUPS, store_entry("h1"), "--layout", "per-container")
+    assert status == 0 and "asgs-" not in silk and "-A asg-h1 -m iprange -p tcp --dst-range 10.0.0.1-10.0.0.1" in silk
+    assert "1 accept rule(s)" in shared and "1 accept rule(s)" in silk  # the same count either way
+
+
 def test_strict_refuses_invalid_rules(tmp_path: Path) -> None:
     status, out, err = translate(tmp_path, GROUPS, store_entry("h1"), "--strict")
     assert status == 2 and out == ""
