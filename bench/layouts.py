@@ -21,8 +21,8 @@ global rule or nothing, walked through both layouts, which must agree on every v
 
 from __future__ import annotations
 
-import ipaddress
 import io
+import ipaddress
 import json
 import random
 import statistics

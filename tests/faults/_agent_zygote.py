@@ -6,7 +6,7 @@ Starting the real daemon 100 times would cost minutes of interpreter start-up on
 The child runs the same :class:`~dynamic_asgs.agent.dataplane.Dataplane` code as the daemon.
 
 Protocol (JSON lines): the first stdin line is the spec (``backend``, ``ns``, ``lock_file``,
-``spaces``: space -> CC rules, ``handles``: handle -> container index). Each further line
+``spaces``: space -> CC rules, ``handles``: handle -> container index, ``layout``: the chain layout). Each further line
 ``{"seed": N, "target": {handle: space}}`` forks a child in its own process group and
 answers ``{"pid": P}``. The child applies ``target`` (a restart's first cycle) and prints
 ``{"converged": pid, ...}``, waits for SIGUSR1, then applies random space changes until it is killed.
@@ -23,10 +23,10 @@ import sys
 import traceback
 
 from dynamic_asgs.agent.dataplane import Dataplane
-from dynamic_asgs.asg.translate import GroupIndex
+from dynamic_asgs.asg.translate import ChainLayout, GroupIndex
 from dynamic_asgs.iptables.runner import IptablesRunner, commands_for
 from dynamic_asgs.lager import Logger
-from support.plans import container, groups_for, plan
+from support.plans import container, groups_for, layout, plan
 
 
 def _child(spec: dict[str, object], seed: int, target: dict[str, str]) -> None:
@@ -71,7 +71,8 @@ def main() -> None:
         if pid == 0:
             os.setpgrp()
             try:
-                _child(spec, request["seed"], request["target"])
+                with layout(ChainLayout(spec["layout"])):
+                    _child(spec, request["seed"], request["target"])
             except BaseException:
                 traceback.print_exc()
                 print(json.dumps({"error": os.getpid()}), flush=True)

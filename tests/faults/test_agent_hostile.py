@@ -96,7 +96,7 @@ def test_a_group_whose_rules_cannot_be_parsed_is_dropped_alone_and_the_agent_sta
             wait_for(lambda: _reach(c, "a") == ("refused", "refused"), timeout=30,
                      what="the unparsable group granting nothing (fail closed)")
             assert _reach(c, "b") == ("refused", "ok")
-            assert any("443" in rule for rule in c.rules(4, chains.asg_chain_name("b")))  # the others still apply
+            assert any("443" in rule for rule in c.enforced(4, chains.asg_chain_name("b")))  # the others still apply
             assert agent.daemon.proc.poll() is None  # no crash, no restart loop
         assert agent.daemon.events("security-group-dropped-invalid")
         assert "asg_invalid_security_groups 1.0" in agent.metrics()

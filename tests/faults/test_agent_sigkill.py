@@ -32,13 +32,13 @@ from typing import Any
 
 import pytest
 
-from dynamic_asgs.asg.translate import GroupIndex
+from dynamic_asgs.asg.translate import ChainLayout, GroupIndex
 from dynamic_asgs.iptables.render import content_hash
 from support.cell import Cell, cell
 from support.daemons import wait_for
 from support.env import IPTABLES_BACKENDS, require_backend
-from support.faults import TableSampler, convergence_problems, record, ruleset_check
-from support.plans import container, groups_for, plan, random_rules
+from support.faults import TableSampler, convergence_problems, expected_rulesets, record, ruleset_check
+from support.plans import AGENT_LAYOUT, container, current_layout, groups_for, layout, plan, random_rules
 from support.stack import asg, control_plane, start_agent, store_add
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -57,19 +57,19 @@ def _digests(handle: str, index: int, space: str, idx: GroupIndex) -> dict[int, 
 
 def _expected(handles: dict[str, int], spaces: dict[str, list[dict[str, Any]]]) -> dict[int, dict[str, int]]:
     idx = GroupIndex(groups_for(spaces))
-    out: dict[int, dict[str, int]] = {4: {}, 6: {}}
-    for handle, index in handles.items():
-        for space in spaces:
-            for fam in plan(container(handle, space, index=index), idx).families:
-                out[fam.version][content_hash(fam)] = len(fam.asg.rules)
-    return out
+    return expected_rulesets(plan(container(handle, space, index=index), idx)
+                             for handle, index in handles.items() for space in spaces)
 
 
-@pytest.fixture(params=IPTABLES_BACKENDS)
+# The agent's default layout on both backends, silk's on one: containers of a space share its chain.
+@pytest.fixture(params=[(backend, ChainLayout.SHARED) for backend in IPTABLES_BACKENDS]
+                + [("legacy", ChainLayout.PER_CONTAINER)], ids=lambda p: "-".join(p))
 def parents(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cell]:
-    """A cell whose containers exist only as CNI parents (no traffic needed: the table is what is checked)."""
-    require_backend(request.param)
-    with cell(request.param, tmp_path) as c:
+    """A cell whose containers exist only as CNI parents (no traffic needed: the table is what is checked);
+    plans in the parameter's chain layout."""
+    backend, chosen = request.param
+    require_backend(backend)
+    with cell(backend, tmp_path) as c, layout(chosen):
         for handle in HANDLES:
             for version, reject in ((4, "icmp-port-unreachable"), (6, "icmp6-port-unreachable")):
                 parent = f"netout--{handle}"
@@ -100,7 +100,7 @@ def test_a_dataplane_sigkilled_100_times_never_exposes_a_partial_ruleset(parents
     expected = _expected(handles, SPACES)
     idx = GroupIndex(groups_for(SPACES))
     spec = {"backend": parents.backend, "ns": parents.ns, "lock_file": str(parents.lock_file),
-            "spaces": SPACES, "handles": handles}
+            "spaces": SPACES, "handles": handles, "layout": current_layout()}
     zygote = subprocess.Popen([sys.executable, str(ZYGOTE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, env={**os.environ, "PYTHONPATH": str(TESTS)})
     assert zygote.stdin is not None and zygote.stdout is not None
@@ -172,20 +172,16 @@ def test_the_real_agent_daemon_sigkilled_under_changing_asgs_converges_each_time
     handles = {"a": "s0", "b": "s1", "c": "s2", "d": "s0"}
     problems: list[str] = []
     recoveries: list[float] = []
-    with cell("legacy", tmp_path) as c, control_plane(tmp_path, _groups(choice)) as plane:
+    with cell("legacy", tmp_path) as c, control_plane(tmp_path, _groups(choice)) as plane, layout(AGENT_LAYOUT):
         store = tmp_path / "store.json"
         for handle, space in handles.items():
             c.add_container(handle)
             c.hook(handle)
             store_add(store, c, handle, space=space)
         index = {h: c.containers[h].index for h in handles}
-        expected: dict[int, dict[str, int]] = {4: {}, 6: {}}
-        for handle, space in handles.items():
-            for k in range(len(SPACES)):
-                p = plan(container(handle, space, index=index[handle]),
-                         GroupIndex(groups_for({space: SPACES[f"s{k}"]})))
-                for fam in p.families:
-                    expected[fam.version][content_hash(fam)] = len(fam.asg.rules)
+        expected = expected_rulesets(plan(container(handle, space, index=index[handle]),
+                                          GroupIndex(groups_for({space: SPACES[f"s{k}"]})))
+                                     for handle, space in handles.items() for k in range(len(SPACES)))
 
         def want(version: int) -> dict[str, str | None]:
             out = {}

@@ -24,8 +24,8 @@ from dynamic_asgs.iptables.render import content_hash
 from support.cell import cell
 from support.daemons import wait_for
 from support.env import require_backend
-from support.faults import TableSampler, convergence_problems, record, ruleset_check
-from support.plans import container, groups_for, plan
+from support.faults import TableSampler, convergence_problems, expected_rulesets, record, ruleset_check
+from support.plans import AGENT_LAYOUT, container, groups_for, layout, plan
 from support.stack import asg, control_plane, start_agent, store_add
 
 BOUND = 3
@@ -65,11 +65,9 @@ def test_a_lock_held_past_a_cycle_delays_the_change_and_corrupts_nothing(tmp_pat
         c.hook("a")
         store_add(store, c, "a", space="s1")
         idx = c.containers["a"].index
-        plans = [plan(container("a", "s1", index=idx), GroupIndex(groups_for({"s1": rules}))) for rules in RULESETS]
-        expected: dict[int, dict[str, int]] = {4: {}, 6: {}}
-        for p in plans:
-            for fam in p.families:
-                expected[fam.version][content_hash(fam)] = len(fam.asg.rules)
+        with layout(AGENT_LAYOUT):
+            plans = [plan(container("a", "s1", index=idx), GroupIndex(groups_for({"s1": rules}))) for rules in RULESETS]
+        expected = expected_rulesets(plans)
 
         def enforces(k: int) -> bool:
             p = plans[k]

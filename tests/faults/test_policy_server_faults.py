@@ -51,7 +51,7 @@ def _digest(c: Cell, handle: str) -> str | None:
 
 
 def _allows(c: Cell, handle: str, port: str) -> bool:
-    return any(f"--dport {port}" in r or f"--dports {port}" in r for r in c.rules(4, chains.asg_chain_name(handle)))
+    return any(f"--dport {port}" in r or f"--dports {port}" in r for r in c.enforced(4, chains.asg_chain_name(handle)))
 
 
 def _failed_polls(agent: Agent) -> int:
@@ -135,7 +135,7 @@ def test_a_space_the_server_refuses_freezes_no_other_container(backend: str, tmp
         agent = start_agent(tmp_path, c, policy, store, enable_ipv6=False)
         try:
             wait_for(lambda: all(_allows(c, f"c{i}", "80") for i in range(6)), timeout=60, what="the first rulesets")
-            held = c.rules(4, chains.asg_chain_name("c3"))
+            held = c.enforced(4, chains.asg_chain_name("c3"))
             bad_inputs = 0
             for n, refused in enumerate(("s3", "s0")):
                 fake.refuse_spaces = {refused}
@@ -145,7 +145,7 @@ def test_a_space_the_server_refuses_freezes_no_other_container(backend: str, tmp
                 others = [f"c{i}" for i in range(6) if f"s{i}" not in ("s3", refused)]
                 wait_for(lambda: all(_allows(c, h, port) for h in others), timeout=60,  # noqa: B023 - waited here
                          what=f"every container but the one in {refused} updated")
-                assert c.rules(4, chains.asg_chain_name("c3")) == held  # set aside, not emptied, not widened
+                assert c.enforced(4, chains.asg_chain_name("c3")) == held  # set aside, not emptied, not widened
                 status = agent.status()
                 assert refused in status["policy_server"]["refused_spaces"]
                 assert agent.daemon.running()

@@ -158,6 +158,16 @@ class Cell:
         out = ns_run(self.ns, [self.tool(version), "-w", "-S", chain], check=False)
         return out.stdout.splitlines()[1:] if out.returncode == 0 else []
 
+    def enforced(self, version: int, asg: str) -> list[str]:
+        """A container's ASG chain's rules, each jump to a shared chain replaced by that chain's rules.
+
+        What the container is granted, in either chain layout (``asg_chain_layout``)."""
+        out = []
+        for rule in self.rules(version, asg):
+            target = rule.rsplit(" -j ", 1)[-1] if " -j " in rule else ""
+            out += self.rules(version, target) if chains.is_shared_chain(target) else [rule]
+        return out
+
     def exists(self, version: int, chain: str) -> bool:
         return ns_run(self.ns, [self.tool(version), "-w", "-S", chain], check=False).returncode == 0
 

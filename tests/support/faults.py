@@ -21,7 +21,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -29,15 +29,17 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from dynamic_asgs.asg import chains
+from dynamic_asgs.asg.translate import ContainerChains
 from dynamic_asgs.http.server import Background, ThreadedServer
+from dynamic_asgs.iptables.render import content_hash
 from dynamic_asgs.local.pki import Pki
 from dynamic_asgs.tls import server_context
 from support.cell import Cell
 from support.netns import ns_run
-from support.plans import chains_in_save, digest_of
+from support.plans import chains_in_save, digest_of, jump_targets
 
-__all__ = ["FakePolicyServer", "TableSampler", "TcpProxy", "convergence_problems", "figures_file", "record",
-           "ruleset_check"]
+__all__ = ["FakePolicyServer", "TableSampler", "TcpProxy", "convergence_problems", "expected_rulesets", "figures_file",
+           "record", "ruleset_check"]
 
 FIGURES_ENV = "DASG_FAULT_FIGURES"
 
@@ -298,12 +300,24 @@ def figures_file(path: Path) -> Iterator[Path]:
 # -- table invariants ------------------------------------------------------------------------
 
 
+def expected_rulesets(plans: Iterable[ContainerChains]) -> dict[int, dict[str, int]]:
+    """What :func:`ruleset_check` accepts: per family, each ruleset's hash -> its ASG chain's rule count,
+    and each shared chain's name -> its rule count (the ``shared`` layout)."""
+    out: dict[int, dict[str, int]] = {4: {}, 6: {}}
+    for p in plans:
+        for fam in p.families:
+            out[fam.version][content_hash(fam)] = len(fam.asg.rules)
+            out[fam.version].update((shared.name, len(shared.rules)) for shared in fam.shared)
+    return out
+
+
 def ruleset_check(handles: list[str], expected: dict[int, dict[str, int]]) -> Callable[[int, str], list[str]]:
-    """A sampler check: every container enforces one complete known ruleset (``expected``: family -> hash -> rules).
+    """A sampler check: every container enforces one complete known ruleset (``expected``: :func:`expected_rulesets`).
 
     A container whose parent is still the CNI's lone REJECT (before its first write, or a
     family without rules) is fine: it fails closed. Anything else must be a parent that
-    jumps, with the ruleset's hash, to an ASG chain holding exactly that ruleset's rules.
+    jumps, with the ruleset's hash, to an ASG chain holding exactly that ruleset's rules, and
+    every shared chain that ASG chain jumps to must hold exactly its own rules.
     """
 
     def check(version: int, text: str) -> list[str]:
@@ -323,6 +337,11 @@ def ruleset_check(handles: list[str], expected: dict[int, dict[str, int]]) -> Ca
             elif len(rules) != expected[version][digest]:
                 problems.append(f"IPv{version} {handle}: {len(rules)} rules, ruleset {digest} has "
                                 f"{expected[version][digest]}")
+            for shared in filter(chains.is_shared_chain, jump_targets(rules)):
+                held = table.get(shared)
+                if held is None or len(held) != expected[version].get(shared) or \
+                        digest_of(held[0]) != shared.removeprefix(chains.SHARED_PREFIX):
+                    problems.append(f"IPv{version} {handle}: shared chain {shared} holds {held and held[:1]}")
             if len(jump) != 2 or digest_of(jump[0]) != digest or not jump[0].endswith(f"-j {asg}") \
                     or "REJECT" not in jump[1]:
                 problems.append(f"IPv{version} {handle}: parent {jump} does not enforce ruleset {digest}")
@@ -335,15 +354,19 @@ def convergence_problems(text: str, version: int, want: dict[str, str | None]) -
     """What keeps the table of ``version`` from being exactly ``want`` (handle -> ruleset hash or None).
 
     Checks: each container's ASG chain carries the wanted hash (None: no chain, parent a lone
-    REJECT); no owned chain other than the wanted ones (no leftover ``asg-``/``casg-``); no
-    duplicate rule in any chain.
+    REJECT); no owned chain other than the wanted ones (no leftover ``asg-``/``casg-``, no
+    shared chain that no wanted chain jumps to, none missing); no duplicate rule in any chain.
     """
     table = chains_in_save(text)
     problems = []
     wanted_chains = {chains.asg_chain_name(h) for h, d in want.items() if d is not None}
-    leftovers = sorted(n for n in table if n.startswith(("asg-", "casg-")) and n not in wanted_chains)
+    used = {t for name in wanted_chains for t in jump_targets(table.get(name, [])) if chains.is_shared_chain(t)}
+    leftovers = sorted(n for n in table if n.startswith(("asg-", "casg-", chains.SHARED_PREFIX))
+                       and n not in wanted_chains | used)
     if leftovers:
         problems.append(f"IPv{version}: leftover chains {leftovers}")
+    if missing := sorted(used - table.keys()):
+        problems.append(f"IPv{version}: shared chains jumped to but missing {missing}")
     for name, rules in table.items():
         if len(set(rules)) != len(rules):
             problems.append(f"IPv{version}: duplicate rules in {name}")

@@ -34,6 +34,8 @@ def container(handle: str, space: str, *, index: int = 1, workload: str = "app")
                      workload=Workload.of(workload), raw_workload=workload, ipv6=f"fd00:255:{index}::2")
 
 
+#: The layout the agent daemon uses unless configured (``asg_chain_layout``): tests of the real daemon plan in it.
+AGENT_LAYOUT = ChainLayout.SHARED
 _layout: ChainLayout | None = None
 
 
@@ -46,6 +48,11 @@ def layout(chosen: ChainLayout) -> Iterator[None]:
         yield
     finally:
         _layout = None
+
+
+def current_layout() -> str | None:
+    """The layout :func:`layout` chose, if any (to pass to a process that plans too)."""
+    return None if _layout is None else str(_layout)
 
 
 def plan(c: Container, groups: GroupIndex | Sequence[SecurityGroup],

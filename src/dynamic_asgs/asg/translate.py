@@ -237,16 +237,22 @@ class GroupIndex:
         return []
 
     def groups_for(self, workload: Workload, space: str) -> list[SecurityGroup]:
-        """The groups granted to a container of ``workload`` in ``space``, in dataset order (memoised)."""
+        """The groups granted to a container of ``workload`` in ``space`` (memoised).
+
+        Default groups first, then the space's, each in dataset order: the order of ``rules_for``,
+        so both layouts evaluate a packet's candidate rules in the same order.
+        """
         if not (workload.is_running or workload is Workload.STAGING):
             return []
         running = workload.is_running
         found = self._groups.get((running, space))
         if found is None:
             if running:
-                found = [g for g in self.groups if g.running_default or space in g.running_spaces]
+                found = [g for g in self.groups if g.running_default]
+                found += [g for g in self.groups if not g.running_default and space in g.running_spaces]
             else:
-                found = [g for g in self.groups if g.staging_default or space in g.staging_spaces]
+                found = [g for g in self.groups if g.staging_default]
+                found += [g for g in self.groups if not g.staging_default and space in g.staging_spaces]
             self._groups[(running, space)] = found
         return found
 
@@ -260,11 +266,11 @@ class GroupIndex:
         found = self._shared.get(key)
         if found is None:
             out: dict[str, Chain] = {}
-            for group in reversed(self.groups_for(workload, space)):
+            for group in self.groups_for(workload, space):  # of two groups alike the first counts, as for rules
                 chain = self._group_chain(group, version)
                 if chain is not None:
                     out.setdefault(chain.name, chain)
-            found = self._shared[key] = tuple(out.values())
+            found = self._shared[key] = tuple(reversed(out.values()))
         return found
 
     def _group_chain(self, group: SecurityGroup, version: int) -> Chain | None:

@@ -77,7 +77,7 @@ def test_add_syncs_through_the_agent_and_del_removes_everything(the_cell: Cell, 
     parent = the_cell.rules(4, netout)
     assert parent[0].endswith(f"-j {asg}") and parent[1].endswith("-j REJECT --reject-with icmp-port-unreachable")
     assert any("--dst-range 198.18.1.1-198.18.1.1" in r and "--dport 8080 -j ACCEPT" in r
-               for r in the_cell.rules(4, asg))
+               for r in the_cell.enforced(4, asg))
     assert the_cell.probe(h, "tcp", "198.18.1.1", 8080, timeout=5) == "ok"
     assert the_cell.probe(h, "tcp", "198.18.1.1", 9090) == "refused"
     assert c.run("CHECK", h).returncode == 0

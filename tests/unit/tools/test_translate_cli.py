@@ -31,7 +31,8 @@ def test_the_layout_is_the_agents_default_or_silks(tmp_path: Path) -> None:
     status, shared, _ = translate(tmp_path, GROUPS, store_entry("h1"))
     assert status == 0 and shared.count(":asgs-") == 1  # the group's chain, declared first
     chain = shared.split(":asgs-", 1)[1].split()[0]
-    assert f"-A asgs-{chain} -m comment --comment dasg:{chain} -m iprange -p tcp --dst-range 10.0.0.1-10.0.0.1" in shared
+    rule = f"-A asgs-{chain} -m comment --comment dasg:{chain} -m iprange -p tcp --dst-range 10.0.0.1-10.0.0.1"
+    assert rule in shared
     assert f"-A asg-h1 -j asgs-{chain}" in shared and "-A asg-h1 -m iprange" not in shared
     status, silk, _ = translate(tmp_path, GROUPS, store_entry("h1"), "--layout", "per-container")
     assert status == 0 and "asgs-" not in silk and "-A asg-h1 -m iprange -p tcp --dst-range 10.0.0.1-10.0.0.1" in silk
