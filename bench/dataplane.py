@@ -40,6 +40,7 @@ layouts instead, on realistic cells (:mod:`layouts`)::
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -204,6 +205,15 @@ def agent_runner(ns: str, backend: str) -> IptablesRunner:
                           prefix=("ip", "netns", "exec", ns))
 
 
+def timed_apply(dp: Dataplane, plans: dict[str, ContainerChains]) -> tuple[float, int]:
+    """One cycle of ``dp`` that must succeed: its seconds and its commits (restores)."""
+    start = time.perf_counter()
+    report = dp.apply(plans)
+    took = time.perf_counter() - start
+    assert report.ok, dict(list(report.failed.items())[:3])
+    return took, report.commits
+
+
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Runs inside a fresh process: ``cycles`` (full, no-change, 1% changes) or ``restart``."""
     n, ns, backend = spec["n"], spec["ns"], spec["backend"]
@@ -212,12 +222,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     dp = Dataplane(runners={4: agent_runner(ns, backend)}, logger=Logger("bench", stream=io.StringIO()))
     out: dict[str, Any] = {}
 
-    def cycle(plans: dict[str, ContainerChains]) -> tuple[float, int]:
-        start = time.perf_counter()
-        report = dp.apply(plans)
-        took = time.perf_counter() - start
-        assert report.ok, dict(list(report.failed.items())[:3])
-        return took, report.commits
+    cycle = functools.partial(timed_apply, dp)
 
     if spec["mode"] == "restart":
         out["restart"], out["restart_writes"] = cycle(base)

@@ -21,6 +21,7 @@ global rule or nothing, walked through both layouts, which must agree on every v
 
 from __future__ import annotations
 
+import functools
 import io
 import ipaddress
 import json
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dataplane import agent_runner, drop_cell, handle, ip, make_cell, peak_rss_mb, tool
+from dataplane import agent_runner, drop_cell, handle, ip, make_cell, peak_rss_mb, timed_apply, tool
 
 from dynamic_asgs.agent.dataplane import Dataplane
 from dynamic_asgs.asg import chains
@@ -116,12 +117,7 @@ def layout_worker(spec: dict[str, Any]) -> dict[str, Any]:
     base = desired(model, index, layout)
     dp = Dataplane(runners={4: agent_runner(ns, backend)}, logger=Logger("bench", stream=io.StringIO()))
 
-    def cycle(plans: dict[str, ContainerChains]) -> tuple[float, int]:
-        start = time.perf_counter()
-        report = dp.apply(plans)
-        took = time.perf_counter() - start
-        assert report.ok, dict(list(report.failed.items())[:3])
-        return took, report.commits
+    cycle = functools.partial(timed_apply, dp)
 
     out: dict[str, Any] = {}
     if spec["mode"] == "restart":
